@@ -1,0 +1,36 @@
+"""keras_resnet: the ResNet family for Keras 3. Public API, re-exported."""
+
+from keras_resnet import layers, models
+from keras_resnet.builder import build, build_from_spec
+from keras_resnet.layers import (
+    BasicBlock,
+    BatchNormalization,
+    BottleneckBlock,
+    DropPath,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    Preprocessing,
+    ResidualBlock,
+    SqueezeExcite,
+    ZeroPadShortcut,
+    preprocess_input,
+)
+from keras_resnet.specs import ResNetSpec, StageSpec, resnet_spec
+from keras_resnet.summary import count_macs, count_params, model_stats
+
+__version__ = "0.1.0"
+
+# What `keras.models.load_model(..., custom_objects=keras_resnet.custom_objects)` needs
+# (old keras-resnet API; the layers are also registered, so it is optional).
+custom_objects = {
+    cls.__name__: cls
+    for cls in (BasicBlock, BottleneckBlock, PreActBasicBlock, PreActBottleneckBlock,
+                ZeroPadShortcut, SqueezeExcite, DropPath, Preprocessing, BatchNormalization)
+}
+
+__all__ = [
+    "BasicBlock", "BatchNormalization", "BottleneckBlock", "DropPath", "PreActBasicBlock",
+    "PreActBottleneckBlock", "Preprocessing", "ResNetSpec", "ResidualBlock", "SqueezeExcite",
+    "StageSpec", "ZeroPadShortcut", "build", "build_from_spec", "count_macs", "count_params",
+    "custom_objects", "layers", "model_stats", "models", "preprocess_input", "resnet_spec",
+]

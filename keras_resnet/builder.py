@@ -1,0 +1,233 @@
+"""`build()` and the lower-level `build_from_spec()`: stem, stages, heads, feature maps."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+from keras_resnet import specs, weights as weights_lib
+from keras_resnet.layers import BLOCKS, Preprocessing, channel_axis, l2
+from keras_resnet.specs import ResNetSpec
+
+POOLINGS = (None, "avg", "max")
+
+
+def build(
+    depth: int,
+    *,
+    variant: str | None = None,
+    num_classes: int | None = None,
+    input_shape: tuple[int | None, ...] | None = None,
+    input_tensor: keras.KerasTensor | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
+    classifier_activation: str | None = "softmax",
+    weights: str | None = None,
+    include_preprocessing: bool = False,
+    groups: int = 1,
+    width_per_group: int = 64,
+    se_ratio: float | None = None,
+    shortcut: str | None = None,
+    drop_path_rate: float = 0.0,
+    zero_init_residual: bool = False,
+    weight_decay: float = 1e-4,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    pyramid_outputs: bool = False,
+    name: str | None = None,
+) -> keras.Model:
+    """Build a ResNet of the given depth.
+
+    Depths 18/34/50/101/152/200 are the ImageNet family (variant "v1", "v1.5" (default),
+    "v1d" or "v2"); 20/32/44/56/110/1202 (or any 6n+2 with variant="cifar") the CIFAR
+    family of He et al. 2016 (32x32 input, 10 classes, option-A shortcuts by default;
+    `shortcut="B"` for projections).
+
+    `weights` is None, "imagenet" (keras.applications' files; picks v1 when no variant
+    is given), a keras.applications HDF5 file, or a `.weights.h5` saved by this package.
+    With `include_preprocessing=True` the model takes RGB pixels in [0, 255] and applies
+    the normalization its weights expect; otherwise feed `preprocess_input(x, mode)`.
+
+    `weight_decay` is SGD's weight decay (applied as an L2 penalty of weight_decay/2 on
+    conv and dense kernels). `pyramid_outputs=True` (with `include_top=False`) returns a
+    model whose output is a dict of the last feature map at each stride, keyed "P{log2
+    stride}" ("P2".."P5" for ImageNet ResNets).
+    """
+    variant = weights_lib.resolve_variant(depth, variant, weights) or specs.default_variant(depth)
+    spec = specs.resnet_spec(depth, variant, groups=groups, width_per_group=width_per_group,
+                             se_ratio=se_ratio, shortcut=shortcut)
+    cifar = spec.stem == "cifar"
+    if num_classes is None:
+        num_classes = 10 if cifar else 1000
+    if weights is not None:
+        weights_lib.check_compatible(weights, depth=depth, variant=variant, spec=spec,
+                                     include_top=include_top, num_classes=num_classes)
+    model = build_from_spec(
+        spec,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        input_tensor=input_tensor,
+        include_top=include_top,
+        pooling=pooling,
+        classifier_activation=classifier_activation,
+        preprocessing=weights_lib.preprocessing_mode(variant, weights) if include_preprocessing else None,
+        drop_path_rate=drop_path_rate,
+        zero_init_residual=zero_init_residual,
+        weight_decay=weight_decay,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        pyramid_outputs=pyramid_outputs,
+        name=name or default_name(depth, variant, spec),
+    )
+    if weights is not None:
+        weights_lib.load_weights(model, weights, depth=depth, variant=variant, include_top=include_top)
+    return model
+
+
+def default_name(depth: int, variant: str, spec: ResNetSpec) -> str:
+    """E.g. "resnet50_v1.5", "resnext50_32x4d_v1.5", "wide_resnet50_2_v1.5", "resnet20_cifar"."""
+    if spec.groups > 1:
+        base = f"resnext{depth}_{spec.groups}x{spec.width_per_group}d"
+    elif spec.width_per_group != 64:
+        base = f"wide_resnet{depth}_{spec.width_per_group / 64:g}"
+    else:
+        base = f"resnet{depth}"
+    return f"{'se_' if spec.se_ratio else ''}{base}_{variant}"
+
+
+def _input_shape(input_shape, spec: ResNetSpec, include_top: bool, data_format: str) -> tuple:
+    """Default and validate the input shape (channels where `data_format` puts them)."""
+    if input_shape is None:
+        side = 32 if spec.stem == "cifar" else (224 if include_top else None)
+        return (side, side, 3) if data_format == "channels_last" else (3, side, side)
+    input_shape = tuple(input_shape)
+    spatial = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
+    channels = input_shape[channel_axis(data_format)]
+    if len(input_shape) != 3 or channels is None:
+        raise ValueError(
+            f"input_shape must be (height, width, channels) for {data_format} with the channel "
+            f"count given, e.g. (224, 224, 3); got {input_shape}.")
+    smallest = total_stride(spec)
+    if any(s is not None and s < smallest for s in spatial):
+        raise ValueError(
+            f"input_shape {input_shape} is too small: this network downsamples by {smallest}, "
+            f"so height and width must be at least {smallest}.")
+    return input_shape
+
+
+def total_stride(spec: ResNetSpec) -> int:
+    stem = 1 if spec.stem == "cifar" else 4
+    return stem * math.prod(stage.stride for stage in spec.stages)
+
+
+def _stem(x, spec: ResNetSpec, conv_kwargs: dict, bn_kwargs: dict):
+    data_format = conv_kwargs["data_format"]
+    f = spec.stem_filters
+    convs = {"imagenet": [(f, 7, 2)], "deep": [(f // 2, 3, 2), (f // 2, 3, 1), (f, 3, 1)],
+             "cifar": [(f, 3, 1)]}[spec.stem]
+    for i, (filters, kernel, stride) in enumerate(convs, 1):
+        prefix = "conv1" if len(convs) == 1 else f"conv1_{i}"
+        last = i == len(convs)
+        if stride > 1:
+            x = layers.ZeroPadding2D(kernel // 2, data_format=data_format, name=f"{prefix}_pad")(x)
+        # Pre-activation nets leave the stem's last BN-ReLU to the first block.
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="valid" if stride > 1 else "same",
+                          use_bias=spec.preact and last, name=f"{prefix}_conv", **conv_kwargs)(x)
+        if not (spec.preact and last):
+            x = layers.BatchNormalization(name=f"{prefix}_bn", **bn_kwargs)(x)
+            x = layers.Activation("relu", name=f"{prefix}_relu")(x)
+    if spec.stem != "cifar":
+        x = layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, data_format=data_format, name="pool1_pool")(x)
+    return x
+
+
+def build_from_spec(
+    spec: ResNetSpec,
+    *,
+    num_classes: int = 1000,
+    input_shape: tuple[int | None, ...] | None = None,
+    input_tensor: keras.KerasTensor | None = None,
+    include_top: bool = True,
+    pooling: str | None = None,
+    classifier_activation: str | None = "softmax",
+    preprocessing: str | None = None,
+    drop_path_rate: float = 0.0,
+    zero_init_residual: bool = False,
+    weight_decay: float = 1e-4,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    pyramid_outputs: bool = False,
+    name: str = "resnet",
+) -> keras.Model:
+    """Build a functional ResNet from a `ResNetSpec` (the named depths are presets of it).
+
+    Layer names follow keras.applications: `conv1_conv`, `pool1_pool`, `conv{s}_block{b}`
+    (one block layer each), `post_bn` (pre-activation nets), `avg_pool`, `predictions`.
+    `preprocessing` ("caffe", "tf", "torch" or None) adds a normalization layer first.
+    """
+    data_format = keras.config.image_data_format()
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+    if pyramid_outputs and include_top:
+        raise ValueError("pyramid_outputs=True needs include_top=False (feature maps, no classifier).")
+    if include_top and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+
+    if input_tensor is not None:
+        inputs = input_tensor
+    else:
+        inputs = keras.Input(_input_shape(input_shape, spec, include_top, data_format), name="images")
+    x = Preprocessing(preprocessing, name="preprocessing")(inputs) if preprocessing else inputs
+
+    conv_kwargs = dict(kernel_initializer="he_normal", kernel_regularizer=l2(weight_decay),
+                       data_format=data_format)
+    bn_kwargs = dict(axis=channel_axis(data_format), momentum=bn_momentum, epsilon=bn_epsilon)
+    x = _stem(x, spec, conv_kwargs, bn_kwargs)
+
+    stride = 1 if spec.stem == "cifar" else 4
+    features = {}  # the last feature map at each total stride
+    block_index, last_index = 0, max(spec.num_blocks - 1, 1)
+    for s, stage in enumerate(spec.stages):
+        block_cls = BLOCKS[(stage.block, spec.preact)]
+        extra = (dict(stride_on=spec.stride_on, groups=spec.groups,
+                      width_per_group=spec.width_per_group)
+                 if stage.block == "bottleneck" else {})
+        for b in range(stage.repeats):
+            strided = b == (stage.repeats - 1 if spec.stride_in_last_block else 0)
+            block_stride = stage.stride if strided else 1
+            x = block_cls(
+                stage.filters, block_stride, shortcut=spec.shortcut, se_ratio=spec.se_ratio,
+                drop_path_rate=drop_path_rate * block_index / last_index,
+                zero_init_residual=zero_init_residual, weight_decay=weight_decay,
+                bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, data_format=data_format,
+                name=f"conv{s + 2}_block{b + 1}", **extra,
+            )(x)
+            stride *= block_stride
+            features[stride] = x
+            block_index += 1
+    if spec.preact:
+        x = layers.BatchNormalization(name="post_bn", **bn_kwargs)(x)
+        x = layers.Activation("relu", name="post_relu")(x)
+        features[stride] = x
+
+    if pyramid_outputs:
+        outputs = {f"P{int(math.log2(s))}": t for s, t in features.items()}
+    elif include_top:
+        x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        # Under a mixed-precision policy the classifier still computes in float32.
+        mixed = keras.config.dtype_policy().name.startswith("mixed")
+        outputs = layers.Dense(num_classes, activation=classifier_activation,
+                               kernel_regularizer=l2(weight_decay),
+                               dtype="float32" if mixed else None, name="predictions")(x)
+    elif pooling == "avg":
+        outputs = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+    elif pooling == "max":
+        outputs = layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+    else:
+        outputs = x
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,36 @@
+"""Shared fixtures: real CIFAR-10 images from ../shared, subprocess helpers."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CIFAR_DIR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def cifar_images() -> np.ndarray:
+    """Twenty real CIFAR-10 test images (two per class) as float32 RGB in [0, 255]."""
+    import tensorflow as tf
+
+    if not CIFAR_DIR.is_dir():
+        pytest.fail(f"The shared CIFAR-10 copy is missing at {CIFAR_DIR}.")
+    files = [sorted((CIFAR_DIR / "test" / cls).glob("*.jpg"))[:2]
+             for cls in sorted(p.name for p in (CIFAR_DIR / "test").iterdir())]
+    images = [tf.io.decode_jpeg(tf.io.read_file(str(f)), channels=3).numpy()
+              for pair in files for f in pair]
+    return np.stack(images).astype("float32")
+
+
+def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (for backends and environment variables)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
