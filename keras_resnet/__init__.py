@@ -20,6 +20,20 @@ from keras_resnet.summary import count_macs, count_params, model_stats
 
 __version__ = "0.1.0"
 
+# Training needs TensorFlow (tf.data); these load it on first use, so `import keras_resnet`
+# stays TensorFlow-free on the JAX and PyTorch backends.
+_LAZY = {"train": "training", "evaluate_model": "training", "benchmark": "training",
+         "recipes": "recipes", "training": "training", "data": "data"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"keras_resnet.{_LAZY[name]}")
+        return module if name == _LAZY[name] else getattr(module, name)
+    raise AttributeError(f"module 'keras_resnet' has no attribute {name!r}")
+
 # What `keras.models.load_model(..., custom_objects=keras_resnet.custom_objects)` needs
 # (old keras-resnet API; the layers are also registered, so it is optional).
 custom_objects = {
@@ -31,6 +45,7 @@ custom_objects = {
 __all__ = [
     "BasicBlock", "BatchNormalization", "BottleneckBlock", "DropPath", "PreActBasicBlock",
     "PreActBottleneckBlock", "Preprocessing", "ResNetSpec", "ResidualBlock", "SqueezeExcite",
-    "StageSpec", "ZeroPadShortcut", "build", "build_from_spec", "count_macs", "count_params",
-    "custom_objects", "layers", "model_stats", "models", "preprocess_input", "resnet_spec",
+    "StageSpec", "ZeroPadShortcut", "benchmark", "build", "build_from_spec", "count_macs",
+    "count_params", "custom_objects", "evaluate_model", "layers", "model_stats", "models",
+    "preprocess_input", "resnet_spec", "train",
 ]

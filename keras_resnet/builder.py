@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -26,6 +27,7 @@ def build(
     classifier_activation: str | None = "softmax",
     weights: str | None = None,
     include_preprocessing: bool = False,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     groups: int = 1,
     width_per_group: int = 64,
     se_ratio: float | None = None,
@@ -49,6 +51,8 @@ def build(
     is given), a keras.applications HDF5 file, or a `.weights.h5` saved by this package.
     With `include_preprocessing=True` the model takes RGB pixels in [0, 255] and applies
     the normalization its weights expect; otherwise feed `preprocess_input(x, mode)`.
+    `normalization=(mean, std)` (per RGB channel, on the [0, 255] scale, e.g. a dataset's
+    statistics) puts that normalization inside the model instead.
 
     `weight_decay` is SGD's weight decay (applied as an L2 penalty of weight_decay/2 on
     conv and dense kernels). `pyramid_outputs=True` (with `include_top=False`) returns a
@@ -73,6 +77,7 @@ def build(
         pooling=pooling,
         classifier_activation=classifier_activation,
         preprocessing=weights_lib.preprocessing_mode(variant, weights) if include_preprocessing else None,
+        normalization=normalization,
         drop_path_rate=drop_path_rate,
         zero_init_residual=zero_init_residual,
         weight_decay=weight_decay,
@@ -154,6 +159,7 @@ def build_from_spec(
     pooling: str | None = None,
     classifier_activation: str | None = "softmax",
     preprocessing: str | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     drop_path_rate: float = 0.0,
     zero_init_residual: bool = False,
     weight_decay: float = 1e-4,
@@ -166,7 +172,8 @@ def build_from_spec(
 
     Layer names follow keras.applications: `conv1_conv`, `pool1_pool`, `conv{s}_block{b}`
     (one block layer each), `post_bn` (pre-activation nets), `avg_pool`, `predictions`.
-    `preprocessing` ("caffe", "tf", "torch" or None) adds a normalization layer first.
+    `preprocessing` ("caffe", "tf", "torch" or None) adds a normalization layer first;
+    `normalization=(mean, std)` adds a `keras.layers.Normalization` with those statistics.
     """
     data_format = keras.config.image_data_format()
     if pooling not in POOLINGS:
@@ -182,7 +189,13 @@ def build_from_spec(
         inputs = input_tensor
     else:
         inputs = keras.Input(_input_shape(input_shape, spec, include_top, data_format), name="images")
-    x = Preprocessing(preprocessing, name="preprocessing")(inputs) if preprocessing else inputs
+    x = inputs
+    if normalization is not None:
+        mean, std = normalization
+        x = layers.Normalization(axis=channel_axis(data_format), mean=list(mean),
+                                 variance=[s**2 for s in std], name="normalization")(x)
+    elif preprocessing:
+        x = Preprocessing(preprocessing, name="preprocessing")(x)
 
     conv_kwargs = dict(kernel_initializer="he_normal", kernel_regularizer=l2(weight_decay),
                        data_format=data_format)

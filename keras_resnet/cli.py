@@ -24,7 +24,143 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--all", action="store_true", help="every named model, as a table")
     summary.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     summary.add_argument("--layers", action="store_true", help="also print Keras's layer summary")
+
+    train = sub.add_parser("train", help="train with model.fit into a run folder (resumes after a crash)")
+    train.add_argument("--recipe", help="a shipped recipe (see `keras-resnet recipes`) or a .toml path")
+    train.add_argument("--data", help="TFDS name (cifar10, ...) or a folder with train/ and test/ class folders")
+    train.add_argument("--data-dir", help="TFDS data_dir")
+    train.add_argument("--output", default=None, help="run folder (default: runs/<recipe>)")
+    for flag, kind in (("depth", int), ("variant", str), ("epochs", int), ("batch-size", int),
+                       ("lr", float), ("max-train-samples", int), ("max-eval-samples", int),
+                       ("seed", int), ("precision", str)):
+        train.add_argument(f"--{flag}", type=kind)
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override any recipe field, e.g. --set train.label_smoothing=0.1")
+    train.add_argument("--overwrite", action="store_true", help="replace a run folder with another configuration")
+
+    recipes = sub.add_parser("recipes", help="list the shipped recipes")
+    recipes.add_argument("--show", metavar="NAME", help="print one recipe's full resolved configuration")
+
+    evaluate = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a .keras model")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--data", required=True, help="TFDS name or folder (its test/val split is used)")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--max-eval-samples", type=int)
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--format", choices=("text", "json"), default="text")
+
+    predict = sub.add_parser("predict", help="top-k classes of image files")
+    predict.add_argument("model")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+
+    bench = sub.add_parser("benchmark", help="images/s of the default training or inference step")
+    bench.add_argument("--depth", type=int, default=20)
+    bench.add_argument("--mode", choices=("train", "predict"), default="train")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--steps", type=int, default=50)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--precision", default="auto")
     return parser
+
+
+def _train(args) -> int:
+    from keras_resnet import training
+
+    flags = {k: getattr(args, k) for k in ("depth", "variant", "data", "data_dir", "epochs",
+                                           "batch_size", "lr", "max_train_samples",
+                                           "max_eval_samples", "seed", "precision")}
+    output = args.output or f"runs/{args.recipe or 'default'}"
+    metrics = training.train(args.recipe, output=output, overrides=args.set,
+                             overwrite=args.overwrite, **flags)
+    print(json.dumps({"output": output, "epochs_completed": metrics["epochs_completed"],
+                      "eval": {k: metrics["eval"][k] for k in ("accuracy", "top5_accuracy", "loss")}}))
+    return 0
+
+
+def _recipes(args) -> int:
+    from keras_resnet import recipes
+
+    if args.show:
+        print(json.dumps(recipes.load(args.show), indent=2))
+        return 0
+    for name, description in recipes.available().items():
+        print(f"{name:20s} {description}")
+    return 0
+
+
+def _load_model(path: str):
+    import keras
+
+    import keras_resnet  # noqa: F401  (registers the layers)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file {path} not found.")
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:
+        raise ValueError(f"{path} is not a loadable .keras model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}).") from err
+
+
+def _class_names(model_path: str, count: int) -> list[str]:
+    from keras_resnet import report
+
+    metrics = report.read_json(os.path.join(os.path.dirname(model_path) or ".", "metrics.json")) or {}
+    names = metrics.get("class_names")
+    return names if names and len(names) == count else [str(i) for i in range(count)]
+
+
+def _evaluate(args) -> int:
+    from keras_resnet import data as data_lib, training
+
+    model = _load_model(args.model)
+    splits = data_lib.load(args.data, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples,
+                           include_train=False)
+    size = tuple(model.input_shape[1:3])
+    ds = data_lib.eval_pipeline(splits.test, batch_size=args.batch_size, image_size=size,
+                                fixed_size=splits.image_size == size,
+                                crop_fraction=0.875 if max(size) >= 128 else None)
+    result = training.evaluate_model(model, ds, splits.class_names)
+    result.pop("confusion_matrix", None)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.model} on {splits.source}: top-1 {result['accuracy']:.4f}, top-5 "
+              f"{result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} images)")
+        for name, acc in result["per_class_accuracy"].items():
+            print(f"  {name:20s} {acc:.4f}")
+    return 0
+
+
+def _predict(args) -> int:
+    import numpy as np
+    import tensorflow as tf
+
+    model = _load_model(args.model)
+    size = tuple(model.input_shape[1:3])
+    batch = []
+    for path in args.images:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as err:
+            raise ValueError(f"Cannot read image {path}: {err.message.splitlines()[0]}") from err
+        batch.append(tf.image.resize(tf.cast(image, tf.float32), size).numpy())
+    probs = np.asarray(model.predict(np.stack(batch), verbose=0))
+    names = _class_names(args.model, probs.shape[1])
+    for path, p in zip(args.images, probs):
+        top = np.argsort(-p)[: args.top_k]
+        print(f"{path}: " + ", ".join(f"{names[i]} {p[i]:.4f}" for i in top))
+    return 0
+
+
+def _benchmark(args) -> int:
+    from keras_resnet import training
+
+    print(json.dumps(training.benchmark(args.depth, mode=args.mode, batch_size=args.batch_size,
+                                        steps=args.steps, warmup=args.warmup,
+                                        precision=args.precision)))
+    return 0
 
 
 def _summary(args) -> int:
@@ -59,7 +195,8 @@ def _summary(args) -> int:
     return 0
 
 
-COMMANDS = {"summary": _summary}
+COMMANDS = {"summary": _summary, "train": _train, "recipes": _recipes, "evaluate": _evaluate,
+            "predict": _predict, "benchmark": _benchmark}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"keras-resnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -22,3 +22,49 @@ def test_quickstart_runs():
     result = run_example("examples/quickstart.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "269,722 parameters" in result.stdout and "same predictions" in result.stdout
+
+
+def test_notebook_runs_top_to_bottom_on_local_data(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "examples" / "train_cifar10.ipynb", as_version=4)
+    parameters = notebook.cells[1]
+    assert parameters.source.startswith("# Parameters")
+    parameters.source = (f"DATA = {str(CIFAR_DIR)!r}\nRECIPE = 'cifar10-fast'\nEPOCHS = 1\n"
+                         f"MAX_TRAIN_SAMPLES = 512\nMAX_EVAL_SAMPLES = 200\n"
+                         f"OUTPUT = {str(tmp_path / 'run')!r}\nINSTALL = False")
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "resnet20_cifar 269,722 parameters" in outputs
+    assert "max |Δp| between SavedModel and Keras" in outputs
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_python_and_folder_training_scripts(tmp_path):
+    result = run_example("examples/train_python.py", str(CIFAR_DIR), "--epochs", "1",
+                         "--max-train-samples", "256", "--max-eval-samples", "100",
+                         "--output", str(tmp_path / "py"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test accuracy" in result.stdout and "after 1 epochs" in result.stdout
+    result = run_example("examples/train_folder.py", str(CIFAR_DIR), "--epochs", "1",
+                         "--max-train-samples", "256", "--max-eval-samples", "100",
+                         "--output", str(tmp_path / "folder"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "airplane" in result.stdout
+
+
+def test_finetune_with_frozen_bn_from_a_keras_applications_file(tmp_path):
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    reference = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+    weights = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    with h5py.File(weights, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    result = run_example("examples/finetune_frozen_bn.py", str(CIFAR_DIR), "--weights", str(weights),
+                         "--size", "64", "--epochs", "1", "--max-train-samples", "100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test accuracy" in result.stdout

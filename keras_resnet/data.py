@@ -1,0 +1,337 @@
+"""Datasets -> `tf.data`: TFDS by name or image folders, subsampling, normalization stats.
+
+A dataset is loaded as `Splits`: unbatched (uint8 HxWx3 image, int32 label) datasets plus
+class names and counts. Small images (<= `MEMORY_MAX_SIDE`) are decoded once into memory;
+larger ones are decoded per epoch (optionally with a file cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+EVAL_SPLIT_NAMES = ("test", "val", "validation")
+MEMORY_MAX_SIDE = 64  # decode-once-into-memory for images up to this side
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given; the message says what to fix."""
+
+
+@dataclasses.dataclass
+class Splits:
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    class_names: list[str]
+    num_train: int
+    num_test: int
+    image_size: tuple[int, int] | None  # fixed (H, W) when every image has it
+    mean: tuple[float, float, float]  # per-channel RGB statistics on [0, 255]
+    std: tuple[float, float, float]
+    source: str
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of `n`, drawn across all classes (round-robin)."""
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    order = [idx for rank in range(max(map(len, per_class))) for group in per_class
+             if rank < len(group) for idx in [group[rank]]]
+    return np.sort(np.asarray(order[:n]))
+
+
+# -- image folders -------------------------------------------------------------------------
+
+def _list_split(split_dir: Path, class_names: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
+    if class_names is None:
+        class_names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        if not class_names:
+            raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image>.jpg.")
+    paths, labels, skipped = [], [], []
+    for label, name in enumerate(class_names):
+        folder = split_dir / name
+        images = []
+        for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(f)
+            elif f.is_file():
+                skipped.append(str(f))
+        if not images:
+            raise DataError(f"Class folder {folder} has no JPEG/PNG images "
+                            f"(classes must match across splits: {class_names}).")
+        paths += [str(f) for f in images]
+        labels += [label] * len(images)
+    return paths, np.asarray(labels, np.int32), skipped
+
+
+def _decode_file(path: str) -> np.ndarray:
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
+
+
+def _decode_all(paths: list[str]) -> tuple[list[np.ndarray | None], list[str]]:
+    """Decode every file once (threads), naming each that fails."""
+    def safe(path):
+        try:
+            return _decode_file(path)
+        except (tf.errors.InvalidArgumentError, tf.errors.OpError):
+            return None
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        images = list(pool.map(safe, paths, chunksize=256))
+    return images, [p for p, img in zip(paths, images) if img is None]
+
+
+def _has_image_header(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG")
+
+
+def _folder_split(paths, labels, *, in_memory: bool, cache_file: str | None):
+    """(dataset, count, fixed size or None, skipped files, decoded array or None).
+
+    In memory, every file is decoded now and the unreadable ones are named. Streamed,
+    files without a JPEG/PNG header are named and left out now; a file that is damaged
+    further in is dropped when it is read (with a warning), not a crash mid-epoch.
+    """
+    if in_memory:
+        images, corrupt = _decode_all(paths)
+        keep = [i for i, img in enumerate(images) if img is not None]
+        sizes = {images[i].shape[:2] for i in keep}
+        if len(sizes) > 1:
+            raise DataError(f"Images have different sizes {sorted(sizes)[:4]}; resize them to one size "
+                            "first, or give the size: --set 'data.image_size=[32, 32]'.")
+        array = np.stack([images[i] for i in keep]) if keep else np.zeros((0, 1, 1, 3), np.uint8)
+        ds = tf.data.Dataset.from_tensor_slices((array, labels[keep]))
+        return ds, len(keep), next(iter(sizes)) if sizes else None, corrupt, array
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return image, label
+    good = [i for i, path in enumerate(paths) if _has_image_header(path)]
+    bad = [paths[i] for i in sorted(set(range(len(paths))) - set(good))]
+    ds = tf.data.Dataset.from_tensor_slices(([paths[i] for i in good], labels[good]))
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+    if cache_file:
+        ds = ds.cache(cache_file)
+    return ds, len(good), None, bad, None
+
+
+def _peek_side(path: str) -> int:
+    return max(_decode_file(path).shape[:2])
+
+
+def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None = None,
+                      max_eval_samples: int | None = None, seed: int = 0,
+                      cache_dir: str | None = None, include_train: bool = True) -> Splits:
+    """`root/train/<class>/*.jpg` and `root/{test,val,validation}/<class>/*.jpg`.
+
+    `include_train=False` lists the training split for its class names only (evaluation).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Data folder {root} does not exist. Point --data at a folder with "
+                        "train/ and test/ (or val/) sub-folders of class folders.")
+    train_dir = root / "train"
+    eval_dir = next((root / n for n in EVAL_SPLIT_NAMES if (root / n).is_dir()), None)
+    if not train_dir.is_dir() or eval_dir is None:
+        raise DataError(f"{root} needs train/ and one of {'/'.join(EVAL_SPLIT_NAMES)}/ sub-folders, "
+                        "each holding one folder per class.")
+    train_paths, train_labels, skipped = _list_split(train_dir, None)
+    class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    eval_paths, eval_labels, skipped_eval = _list_split(eval_dir, class_names)
+    skipped += skipped_eval
+
+    if not include_train:
+        train_paths, train_labels = train_paths[:1], train_labels[:1]
+    pick_train = stratified_subset(train_labels, max_train_samples, seed)
+    pick_eval = stratified_subset(eval_labels, max_eval_samples, seed + 1)
+    in_memory = _peek_side(train_paths[0]) <= MEMORY_MAX_SIDE
+    cache = (lambda split: os.path.join(cache_dir, f"{split}.tfcache")) if cache_dir else (lambda s: None)
+    train, n_train, size, bad_train, train_array = _folder_split(
+        [train_paths[i] for i in pick_train], train_labels[pick_train], in_memory=in_memory,
+        cache_file=cache("train"))
+    test, n_test, _, bad_test, _ = _folder_split(
+        [eval_paths[i] for i in pick_eval], eval_labels[pick_eval], in_memory=in_memory,
+        cache_file=cache("test"))
+    skipped += bad_train + bad_test
+    if n_train == 0 or n_test == 0:
+        raise DataError(f"No readable images in {root} ({len(skipped)} files skipped).")
+    mean, std = channel_stats(train_array) if train_array is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    return Splits(train, test, class_names, n_train, n_test, size, mean, std,
+                  source=f"folder:{root}", skipped=skipped)
+
+
+# -- TFDS ----------------------------------------------------------------------------------
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int | None = None,
+              max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True) -> Splits:
+    """A TFDS image-classification dataset by name (image/label features)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as err:  # DatasetNotFoundError and friends
+        raise DataError(f"Unknown TFDS dataset {name!r} ({type(err).__name__}). Use a TFDS "
+                        "image-classification name (cifar10, cifar100, imagenette, ...) or "
+                        "--data <folder> for local images.") from err
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DataError(f"TFDS dataset {name!r} has no image/label features.")
+    try:
+        builder.download_and_prepare()
+    except Exception as err:
+        raise DataError(f"Could not fetch TFDS dataset {name!r} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:160]}). Offline, point --data at a local folder "
+                        "with train/ and test/ class folders, e.g. --data ../shared/datasets/"
+                        "cifar10-jpeg.") from err
+    splits = list(builder.info.splits)
+    eval_split = next((s for s in EVAL_SPLIT_NAMES if s in splits), None)
+    if "train" not in splits or eval_split is None:
+        raise DataError(f"TFDS dataset {name!r} needs a train split and one of {EVAL_SPLIT_NAMES}; "
+                        f"it has {splits}.")
+
+    def take(split, n, split_seed):
+        ds = builder.as_dataset(split=split, as_supervised=True)
+        total = builder.info.splits[split].num_examples
+        if n is None or n >= total:
+            return ds, total
+        undecoded = builder.as_dataset(split=split, as_supervised=True,
+                                       decoders={"image": tfds.decode.SkipDecoding()})
+        labels = np.fromiter((int(label) for _, label in tfds.as_numpy(undecoded)), np.int32)
+        keep = np.zeros(total, bool)
+        keep[stratified_subset(labels, n, split_seed)] = True
+        mask = tf.constant(keep)
+        ds = ds.enumerate().filter(lambda i, _: mask[i]).map(lambda _, example: example)
+        return ds, int(keep.sum())
+
+    if include_train:
+        train, n_train = take("train", max_train_samples, seed)
+    else:
+        train, n_train = builder.as_dataset(split="train", as_supervised=True).take(0), 0
+    test, n_test = take(eval_split, max_eval_samples, seed + 1)
+    cast = lambda image, label: (image, tf.cast(label, tf.int32))  # noqa: E731
+    shape = features["image"].shape
+    size = tuple(shape[:2]) if None not in shape[:2] else None
+    if size and max(size) <= MEMORY_MAX_SIDE and include_train:
+        train, test = train.map(cast).cache(), test.map(cast).cache()
+        sample = np.stack([img for img, _ in tfds.as_numpy(train.take(10_000))])
+        mean, std = channel_stats(sample)
+    else:
+        train, test = train.map(cast), test.map(cast)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return Splits(train, test, features["label"].names, n_train, n_test, size, mean, std,
+                  source=f"tfds:{name}")
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel RGB mean and std of uint8 images, on the [0, 255] scale."""
+    flat = images.reshape(-1, 3).astype(np.float64)
+    return tuple(map(float, flat.mean(0))), tuple(map(float, flat.std(0)))
+
+
+def is_folder(data: str) -> bool:
+    """A path (it exists or looks like one) rather than a TFDS name."""
+    return os.sep in data or data.startswith(".") or Path(data).exists()
+
+
+def peek_image_side(data: str, data_dir: str | None = None) -> int:
+    """The longer side of the dataset's images (one decoded file, or TFDS metadata)."""
+    if is_folder(data):
+        first = next((f for f in sorted(Path(data, "train").glob("*/*"))
+                      if f.suffix.lower() in IMAGE_EXTENSIONS), None)
+        if first is None:
+            load_image_folder(data)  # raises the precise error about the layout
+        return _peek_side(str(first))
+    import tensorflow_datasets as tfds
+
+    try:
+        shape = tfds.builder(data, data_dir=data_dir).info.features["image"].shape
+    except Exception as err:
+        raise DataError(f"Unknown TFDS dataset {data!r} ({type(err).__name__}). Use a TFDS "
+                        "image-classification name or --data <folder> for local images.") from err
+    return max(shape[:2]) if None not in shape[:2] else 1 << 30
+
+
+def load(data: str, **kwargs) -> Splits:
+    """A folder path or a TFDS name."""
+    if is_folder(data):
+        kwargs.pop("data_dir", None)
+        return load_image_folder(data, **kwargs)
+    kwargs.pop("cache_dir", None)
+    return load_tfds(data, **kwargs)
+
+
+# -- pipelines -------------------------------------------------------------------------------
+
+def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
+    """Resize the shorter side to size/crop_fraction, then center-crop `size` (ImageNet eval)."""
+    image = tf.cast(image, tf.float32)
+    if crop_fraction:
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = tf.cast(max(size), tf.float32) / crop_fraction / tf.reduce_min(shape)
+        resized = tf.cast(tf.round(shape * scale), tf.int32)
+        image = tf.image.resize(image, resized, antialias=True)
+        return tf.image.resize_with_crop_or_pad(image, size[0], size[1])
+    return tf.image.resize(image, size) if image.shape[:2] != tuple(size) else image
+
+
+def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, epochs: int,
+                   initial_epoch: int, seed: int, image_size: tuple[int, int],
+                   fixed_size: bool, augment=None, random_resized_crop: bool = False) -> tf.data.Dataset:
+    """Epochs `initial_epoch..epochs-1`, each shuffled with seed `seed + epoch` (so a resumed
+    run sees the same order), batched, augmented per batch, prefetched."""
+    def one_epoch(epoch):
+        epoch_ds = ds.shuffle(min(num_examples, 50_000), seed=seed + epoch,
+                              reshuffle_each_iteration=False)
+        if random_resized_crop:
+            epoch_ds = epoch_ds.map(lambda x, y: (_random_resized_crop(x, image_size), y),
+                                    num_parallel_calls=AUTOTUNE)
+        elif not fixed_size:
+            epoch_ds = epoch_ds.map(lambda x, y: (resize_eval(x, image_size, None), y),
+                                    num_parallel_calls=AUTOTUNE)
+        return epoch_ds.batch(batch_size, drop_remainder=True)
+
+    batches = functools.reduce(lambda a, b: a.concatenate(b),
+                               [one_epoch(epoch) for epoch in range(initial_epoch, epochs)])
+    batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    if augment is not None:
+        batches = batches.map(augment, num_parallel_calls=AUTOTUNE)
+    return batches.prefetch(AUTOTUNE)
+
+
+def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int, int],
+                  fixed_size: bool, crop_fraction: float | None = None) -> tf.data.Dataset:
+    if not fixed_size or crop_fraction:
+        ds = ds.map(lambda x, y: (resize_eval(x, image_size, crop_fraction), y),
+                    num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _random_resized_crop(image, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop (random area and aspect), resized to `size`."""
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0,
+        aspect_ratio_range=ratio, area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(image, begin, crop_size)
+    return tf.image.resize(tf.cast(crop, tf.float32), size, antialias=True)

@@ -1,0 +1,411 @@
+"""Compile + fit + resume + the run folder.
+
+A run folder holds: config.json (the full resolved recipe), metrics.json and history.csv
+(rewritten after every epoch), checkpoints/ (the last two epochs, each written to a
+temporary file and renamed), logs/ (TensorBoard), and at the end model.keras (the final
+model, float32, taking RGB pixels in [0, 255] and returning probabilities), curves.png and
+confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_resnet import augment as augment_lib, data as data_lib, recipes, report, schedules, specs
+from keras_resnet.builder import build
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# Plain `train()` / CLI flags and the recipe field each sets.
+FLAG_FIELDS = {
+    "depth": ("model", "depth"), "variant": ("model", "variant"), "data": ("data", "name"),
+    "data_dir": ("data", "data_dir"), "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"), "max_train_samples": ("data", "max_train_samples"),
+    "max_eval_samples": ("data", "max_eval_samples"), "seed": ("train", "seed"),
+    "precision": ("train", "precision"), "lr": ("train", "lr"),
+}
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on as asked (configuration clash, NaN loss); the message says why."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+def resolve_config(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -> dict:
+    """Defaults <- recipe <- flags <- `section.field=value` overrides.
+
+    Without a recipe, the recipe that fits the data is used: `cifar10-fast` for images of
+    at most 64 pixels a side, else `imagenet-resnet50`; its schedule spans the --epochs given.
+    """
+    unknown = set(flags) - set(FLAG_FIELDS)
+    if unknown:
+        raise recipes.RecipeError(f"Unknown option(s) {sorted(unknown)}; valid: {sorted(FLAG_FIELDS)}.")
+    layers = [{FLAG_FIELDS[k][0]: {FLAG_FIELDS[k][1]: v}} for k, v in flags.items() if v is not None]
+    layers += [recipes.parse_override(o) for o in overrides]
+
+    def assemble(name):
+        config = recipes.load(name)
+        for layer in layers:
+            config = recipes.merge(config, layer, "override")
+        return config
+
+    if recipe:
+        return assemble(recipe)
+    config = assemble(None)
+    side = data_lib.peek_image_side(config["data"]["name"], config["data"]["data_dir"] or None)
+    return assemble("cifar10-fast" if side <= data_lib.MEMORY_MAX_SIDE else "imagenet-resnet50")
+
+
+def resolve_precision(setting: str) -> str:
+    """"auto": bf16 on Ampere+ GPUs and on CPUs with native bf16, fp16 on older GPUs, else fp32."""
+    if setting != "auto":
+        if setting not in PRECISIONS:
+            raise recipes.RecipeError(f"train.precision must be 'auto' or one of {PRECISIONS}, got {setting!r}.")
+        return setting
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def resolve_jit(setting) -> bool:
+    """"auto": XLA on GPUs (on CPUs it measured slower for these models)."""
+    if setting == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    if isinstance(setting, bool):
+        return setting
+    raise recipes.RecipeError(f"train.jit_compile must be 'auto', true or false, got {setting!r}.")
+
+
+def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
+                normalization=None) -> keras.Model:
+    m = config["model"]
+    return build(
+        m["depth"], variant=m["variant"] or None, num_classes=num_classes,
+        input_shape=(*image_size, 3), normalization=normalization, groups=m["groups"],
+        width_per_group=m["width_per_group"], se_ratio=m["se_ratio"] or None,
+        shortcut=m["shortcut"] or None, drop_path_rate=m["drop_path_rate"],
+        zero_init_residual=m["zero_init_residual"], weight_decay=config["train"]["weight_decay"],
+        bn_momentum=m["bn_momentum"], bn_epsilon=m["bn_epsilon"])
+
+
+def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """SGD + the recipe's schedule, label-smoothed cross-entropy, top-1/top-5; returns the schedule."""
+    t = config["train"]
+    lr = schedules.scale_lr(t["lr"], t["batch_size"], t["reference_batch"])
+    schedule = schedules.make_schedule(
+        t["schedule"], lr=lr, steps_per_epoch=steps_per_epoch, epochs=t["epochs"],
+        warmup_epochs=t["warmup_epochs"], boundaries=t["boundaries"], factor=t["factor"],
+        pct_start=t["pct_start"], final_div=t["final_div"])
+    optimizer = keras.optimizers.SGD(schedule, momentum=t["momentum"], nesterov=t["nesterov"],
+                                     use_ema=t["ema"], ema_momentum=t["ema_momentum"])
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")],
+        jit_compile=resolve_jit(t["jit_compile"]),
+        steps_per_execution=t["steps_per_execution"])
+    return schedule
+
+
+# -- callbacks -------------------------------------------------------------------------------
+
+class RunRecorder(keras.callbacks.Callback):
+    """Rewrites metrics.json and history.csv after every epoch: one continuous history."""
+
+    def __init__(self, folder: Path, initial_epoch: int, schedule, extra: dict):
+        super().__init__()
+        self.folder, self.schedule, self.extra = folder, schedule, extra
+        previous = report.read_json(folder / "metrics.json") or {}
+        self.history = {k: v[:initial_epoch] for k, v in previous.get("history", {}).items()}
+        self.epochs_completed = initial_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.schedule(self.model.optimizer.iterations)))
+        for key in set(self.history) | set(logs):
+            values = self.history.setdefault(key, [None] * self.epochs_completed)
+            values.append(None if logs.get(key) is None else float(logs[key]))
+        self.epochs_completed = epoch + 1
+        self.write(status="running")
+
+    def write(self, status: str, **more) -> dict:
+        metrics = {"status": status, "epochs_completed": self.epochs_completed,
+                   "history": self.history, **self.extra, **more}
+        report.write_json(self.folder / "metrics.json", metrics)
+        report.write_history_csv(self.folder / "history.csv", self.history)
+        return metrics
+
+
+class CrashSafeCheckpoint(keras.callbacks.Callback):
+    """Model + optimizer state after each finite epoch: temp file, fsync, rename; keeps two."""
+
+    def __init__(self, folder: Path, keep: int = 2):
+        super().__init__()
+        self.folder, self.keep = folder, keep
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or not math.isfinite(loss):
+            return  # never replace a good checkpoint with a diverged one
+        final = self.folder / f"epoch-{epoch + 1:04d}.weights.h5"
+        tmp = self.folder / f"tmp-epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        for old in checkpoints(self.folder)[self.keep:]:
+            old.unlink()
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, newest first."""
+    return sorted(folder.glob("epoch-*.weights.h5"), reverse=True)
+
+
+def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None]) -> int:
+    """Load the newest loadable checkpoint (weights + optimizer); returns its epoch (0: none)."""
+    for stale in folder.glob("tmp-*"):
+        stale.unlink()
+    model.optimizer.build(model.trainable_variables)
+    for path in checkpoints(folder):
+        try:
+            model.load_weights(path)
+            return int(path.name.split("-")[1].split(".")[0])
+        except Exception as err:  # a damaged file: fall back to the one before
+            log(f"Checkpoint {path.name} is unreadable ({type(err).__name__}); trying the previous one.")
+    return 0
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def _prepare_folder(folder: Path, config: dict, overwrite: bool) -> str:
+    """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`."""
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    saved = report.read_json(folder / "config.json")
+    if saved is not None and saved != config:
+        changed = sorted(f"{s}.{k}" for s in config for k in config[s]
+                         if saved.get(s, {}).get(k) != config[s][k])
+        raise RunError(f"{folder} holds a run with a different configuration (changed: "
+                       f"{', '.join(changed[:6]) or 'sections'}); use another --output, or "
+                       "--overwrite to replace it.")
+    folder.mkdir(parents=True, exist_ok=True)
+    if saved is None:
+        report.write_json(folder / "config.json", config)
+        return "new"
+    metrics = report.read_json(folder / "metrics.json") or {}
+    return "complete" if metrics.get("status") == "complete" and (folder / "model.keras").exists() else "resume"
+
+
+def _one_hot(num_classes: int):
+    return lambda x, y: (x, tf.one_hot(y, num_classes))
+
+
+def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/default",
+          overrides: Sequence[str] = (), overwrite: bool = False,
+          extra_augment_layers: Sequence[Callable] = (), log: Callable[[str], None] = print,
+          verbose: int = 2, **flags) -> dict:
+    """Train with `model.fit` into the run folder `output`; returns metrics.json's content.
+
+    Running the same call again resumes after the last completed epoch (or returns at once
+    when the run is complete). `flags` are depth, variant, data, data_dir, epochs,
+    batch_size, max_train_samples, max_eval_samples, seed, precision, lr.
+    """
+    config = resolve_config(recipe, overrides, **flags)
+    folder = Path(output)
+    state = _prepare_folder(folder, config, overwrite)
+    if state == "complete":
+        log(f"Run in {folder} is already complete ({config['train']['epochs']} epochs); nothing to do.")
+        return report.read_json(folder / "metrics.json")
+
+    t, d = config["train"], config["data"]
+    keras.utils.set_random_seed(t["seed"])
+    if t["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    splits, image_size = _load_data(config, log)
+    steps_per_epoch = splits.num_train // t["batch_size"]
+    if steps_per_epoch == 0:
+        raise data_lib.DataError(f"batch_size {t['batch_size']} exceeds the {splits.num_train} training "
+                                 "images; lower --batch-size or use more data.")
+
+    precision = resolve_precision(t["precision"])
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_model(config, num_classes=splits.num_classes, image_size=image_size,
+                            normalization=(splits.mean, splits.std))
+        schedule = compile_model(model, config, steps_per_epoch)
+        initial_epoch = restore_latest(model, folder / "checkpoints", log) if state == "resume" else 0
+        if initial_epoch:
+            log(f"Resuming from epoch {initial_epoch + 1}")
+        log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}) on "
+            f"{splits.num_train} images of {splits.source}, {splits.num_classes} classes, "
+            f"epochs {initial_epoch + 1}-{t['epochs']}, {steps_per_epoch} steps each.")
+
+        fixed = splits.image_size == image_size
+        augmenter = augment_lib.build_augmenter(
+            {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
+            seed=t["seed"], extra_layers=extra_augment_layers)
+        eval_ds = data_lib.eval_pipeline(
+            splits.test.map(_one_hot(splits.num_classes)), batch_size=t["batch_size"],
+            image_size=image_size, fixed_size=fixed, crop_fraction=d["eval_crop_fraction"] or None)
+
+        recorder = RunRecorder(folder, initial_epoch, schedule,
+                               {"class_names": splits.class_names, "data": splits.source,
+                                "precision": precision, "num_train": splits.num_train,
+                                "num_test": splits.num_test})
+        callbacks = [keras.callbacks.TerminateOnNaN(), recorder,
+                     CrashSafeCheckpoint(folder / "checkpoints"),
+                     keras.callbacks.TensorBoard(str(folder / "logs"))]
+        started = time.time()
+        if initial_epoch < t["epochs"]:  # else: only the final evaluation was left to do
+            train_ds = data_lib.train_pipeline(
+                splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
+                batch_size=t["batch_size"], epochs=t["epochs"], initial_epoch=initial_epoch,
+                seed=t["seed"], image_size=image_size, fixed_size=fixed, augment=augmenter,
+                random_resized_crop=config["augment"]["random_resized_crop"])
+            model.fit(train_ds, epochs=t["epochs"], initial_epoch=initial_epoch,
+                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False,
+                      validation_data=eval_ds if t["validate_every"] else None,
+                      validation_freq=max(t["validate_every"], 1))
+        losses = recorder.history.get("loss", [])
+        kept = checkpoints(folder / "checkpoints")
+        kept = f"the last good checkpoint is kept ({kept[0] if kept else 'none'})"
+        bad = next((i for i, v in enumerate(losses) if v is None or not math.isfinite(v)), None)
+        if bad is not None:
+            raise RunError(f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
+                           "Lower train.lr or check the data.")
+        if recorder.epochs_completed < t["epochs"]:
+            raise RunError(f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
+                           f"the input ran out of data (unreadable images dropped?); {kept}.")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    return _finish(folder, config, model, recorder, splits, image_size, eval_ds,
+                   train_seconds=time.time() - started, log=log)
+
+
+def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Splits, tuple[int, int]]:
+    t, d = config["train"], config["data"]
+    splits = data_lib.load(d["name"], data_dir=d["data_dir"] or None, cache_dir=d["cache_dir"] or None,
+                           max_train_samples=d["max_train_samples"] or None,
+                           max_eval_samples=d["max_eval_samples"] or None, seed=t["seed"])
+    if splits.skipped:
+        log(f"Skipped {len(splits.skipped)} unreadable or non-image file(s): "
+            f"{', '.join(splits.skipped[:5])}{' ...' if len(splits.skipped) > 5 else ''}")
+    image_size = tuple(d["image_size"]) if all(d["image_size"]) else splits.image_size
+    if not image_size:
+        raise data_lib.DataError("Images vary in size: set data.image_size (e.g. --set 'data.image_size=[224, 224]').")
+    return splits, image_size
+
+
+def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorder,
+            splits: data_lib.Splits, image_size, eval_ds, *, train_seconds: float,
+            log: Callable[[str], None]) -> dict:
+    """Final evaluation, model.keras (float32 whatever the training precision), plots."""
+    final = build_model(config, num_classes=splits.num_classes, image_size=image_size,
+                        normalization=(splits.mean, splits.std))
+    final.set_weights(model.get_weights())
+    evaluation = evaluate_model(final, eval_ds, splits.class_names)
+    tmp = folder / "tmp-model.keras"
+    final.save(tmp)
+    os.replace(tmp, folder / "model.keras")
+    title = f"{final.name} on {splits.source}"
+    report.plot_curves(folder / "curves.png", recorder.history, title)
+    if "confusion_matrix" in evaluation:
+        report.plot_confusion(folder / "confusion_matrix.png", np.asarray(evaluation["confusion_matrix"]),
+                              splits.class_names, f"{title}\ntest accuracy {evaluation['accuracy']:.4f}")
+    metrics = recorder.write(status="complete", eval=evaluation,
+                             train_seconds_this_session=round(train_seconds, 1))
+    log(f"Test accuracy {evaluation['accuracy']:.4f} (top-5 {evaluation['top5_accuracy']:.4f}) "
+        f"on {splits.num_test} images; run folder {folder}")
+    return metrics
+
+
+def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str]) -> dict:
+    """Top-1, top-5, cross-entropy, per-class accuracy and (<= 100 classes) confusion matrix.
+
+    `dataset` yields (images, labels) batches, labels as indices or one-hot.
+    """
+    probabilities, labels = [], []
+    for images, y in dataset:
+        probabilities.append(model.predict_on_batch(images))
+        labels.append(np.argmax(y, -1) if y.shape.rank == 2 else y.numpy())
+    probs = np.concatenate([keras.ops.convert_to_numpy(p) for p in probabilities]).astype(np.float64)
+    labels = np.concatenate(labels).astype(np.int64)
+    n = len(class_names)
+    if probs.shape[1] != n:
+        raise data_lib.DataError(f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
+                                 "on data with the classes it was trained on.")
+    top5 = np.argsort(-probs, axis=1)[:, : min(5, n)]
+    predictions = top5[:, 0]
+    matrix = report.confusion_matrix(labels, predictions, n)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    result = {
+        "accuracy": float(np.mean(predictions == labels)),
+        "top5_accuracy": float(np.mean((top5 == labels[:, None]).any(axis=1))),
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))),
+        "num_images": int(len(labels)),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+    }
+    if n <= 100:
+        result["confusion_matrix"] = matrix.tolist()
+    return result
+
+
+def benchmark(depth: int = 20, *, mode: str = "train", batch_size: int = 128, steps: int = 50,
+              warmup: int = 5, precision: str = "auto", jit_compile="auto",
+              num_classes: int | None = None) -> dict:
+    """Images/s of the package's own compiled `fit` (or `predict`) step on synthetic data."""
+    if mode not in ("train", "predict"):
+        raise ValueError(f"mode must be 'train' or 'predict', got {mode!r}.")
+    config = recipes.load("cifar10-fast")
+    config["model"]["depth"] = depth
+    config["train"].update(batch_size=batch_size, precision=precision, jit_compile=jit_compile)
+    policy = resolve_precision(precision)
+    cifar = specs.resnet_spec(depth).stem == "cifar"
+    size, classes = ((32, 32), 10) if cifar else ((224, 224), 1000)
+    classes = num_classes or classes
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(config, num_classes=classes, image_size=size,
+                            normalization=((125.0,) * 3, (60.0,) * 3))
+        compile_model(model, config, steps_per_epoch=steps + warmup)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (batch_size, *size, 3)).astype("float32")
+        y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch_size)]
+        ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(tf.data.AUTOTUNE)
+        if mode == "train":
+            model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+            start = time.perf_counter()
+            model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        else:
+            images = ds.map(lambda a, b: a)
+            model.predict(images, steps=warmup, verbose=0)
+            start = time.perf_counter()
+            model.predict(images, steps=steps, verbose=0)
+        seconds = time.perf_counter() - start
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return {"model": model.name, "mode": mode, "batch_size": batch_size, "steps": steps,
+            "precision": policy, "jit_compile": bool(model.jit_compile),
+            "backend": keras.backend.backend(), "seconds": round(seconds, 3),
+            "images_per_sec": round(batch_size * steps / seconds, 1)}

@@ -1,0 +1,47 @@
+import pytest
+
+from keras_resnet import recipes, training
+from conftest import CIFAR_DIR
+
+
+def test_every_shipped_recipe_loads_and_resolves():
+    names = recipes.available()
+    assert {"cifar10-fast", "cifar10-seed", "cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44",
+            "cifar10-resnet56", "cifar10-resnet110", "imagenet-resnet50"} <= set(names)
+    for name in names:
+        config = recipes.load(name)
+        assert config["recipe"]["name"] == name and names[name]
+    he = recipes.load("cifar10-resnet110")["train"]
+    assert (he["epochs"], he["lr"], he["weight_decay"], he["boundaries"], he["warmup_epochs"]) == (
+        164, 0.1, 1e-4, [0.5, 0.75], 1.0)
+    seed = recipes.load("cifar10-seed")
+    assert (seed["train"]["epochs"], seed["train"]["weight_decay"], seed["augment"]["rotation"]) == (150, 5e-4, 10.0)
+    imagenet = recipes.load("imagenet-resnet50")
+    assert imagenet["model"]["zero_init_residual"] and imagenet["train"]["label_smoothing"] == 0.1
+    assert imagenet["data"]["eval_crop_fraction"] == 0.875
+
+
+def test_flags_and_overrides_win_in_order():
+    config = training.resolve_config("cifar10-fast", ["train.epochs=3", "augment.rotation=5"],
+                                     epochs=7, batch_size=64)
+    assert config["train"]["epochs"] == 3 and config["train"]["batch_size"] == 64
+    assert config["augment"]["rotation"] == 5.0
+
+
+def test_without_recipe_the_data_picks_it():
+    config = training.resolve_config(None, data=str(CIFAR_DIR), epochs=5)
+    assert config["recipe"]["name"] == "cifar10-fast" and config["train"]["epochs"] == 5
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: recipes.load("cifar10-slow"), r"Unknown recipe 'cifar10-slow'.*cifar10-fast"),
+    (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"epoch": 3}}, "x"), r"unknown field train.epoch"),
+    (lambda: recipes.merge(recipes.DEFAULTS, {"optim": {}}, "x"), r"unknown section \[optim\]"),
+    (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"epochs": "ten"}}, "x"), r"train.epochs must be a int"),
+    (lambda: recipes.parse_override("epochs=3"), r"section.field=value"),
+    (lambda: training.resolve_config("cifar10-fast", bogus=1), r"Unknown option"),
+    (lambda: training.resolve_precision("fp8"), r"train.precision"),
+])
+def test_bad_recipes_are_clear_errors(call, match):
+    with pytest.raises(recipes.RecipeError, match=match):
+        call()

@@ -1,0 +1,240 @@
+"""Real training on real CIFAR-10 subsets, through the CLI in real subprocesses."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import CIFAR_DIR, ROOT
+
+SMALL = ["train", "--recipe", "cifar10-fast", "--data", str(CIFAR_DIR), "--depth", "8", "--variant", "cifar",
+         "--batch-size", "64"]
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "keras_resnet.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def last_line(result):
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs") / "small"
+    result = cli(*SMALL, "--epochs", "4", "--max-train-samples", "2000", "--max-eval-samples", "500",
+                 "--set", "train.validate_every=2", "--output", str(folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result
+
+
+def test_training_learns_and_fills_the_run_folder(run):
+    folder, result = run
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["epochs_completed"] == 4
+    history = metrics["history"]
+    assert len(history["loss"]) == len(history["lr"]) == 4
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["val_loss"][0] is None and history["val_loss"][1] is not None  # every 2nd epoch
+    assert metrics["eval"]["accuracy"] > 0.2  # chance is 0.1
+    assert set(metrics["eval"]) >= {"accuracy", "top5_accuracy", "loss", "per_class_accuracy"}
+    assert metrics["class_names"][0] == "airplane"
+    for name in ("config.json", "history.csv", "model.keras", "curves.png", "confusion_matrix.png"):
+        assert (folder / name).is_file(), name
+    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((folder / "logs").rglob("*tfevents*"))
+    assert len(list((folder / "checkpoints").glob("epoch-*.weights.h5"))) == 2
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model"]["depth"] == 8 and config["train"]["epochs"] == 4
+    assert (folder / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+
+def test_saved_model_is_float32_and_takes_raw_pixels(run, cifar_images):
+    folder, _ = run
+    import keras_resnet  # noqa: F401
+
+    model = keras.models.load_model(folder / "model.keras")
+    assert model.dtype_policy.name == "float32"
+    assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
+    assert model.get_layer("normalization") is not None
+    probs = model.predict(cifar_images, verbose=0)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_same_command_on_a_complete_run_does_nothing(run):
+    folder, _ = run
+    before = (folder / "metrics.json").read_text()
+    result = cli(*SMALL, "--epochs", "4", "--max-train-samples", "2000", "--max-eval-samples", "500",
+                 "--set", "train.validate_every=2", "--output", str(folder))
+    assert result.returncode == 0 and "already complete" in result.stdout
+    assert (folder / "metrics.json").read_text() == before
+
+
+def test_different_configuration_is_refused(run):
+    folder, _ = run
+    result = cli(*SMALL, "--epochs", "5", "--max-train-samples", "2000", "--max-eval-samples", "500",
+                 "--output", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "different configuration" in last_line(result) and "train.epochs" in last_line(result)
+    assert "--overwrite" in last_line(result)
+
+
+def test_evaluate_and_predict(run):
+    folder, _ = run
+    result = cli("evaluate", str(folder / "model.keras"), "--data", str(CIFAR_DIR),
+                 "--max-eval-samples", "300", "--format", "json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert 0.2 < report["accuracy"] <= 1 and len(report["per_class_accuracy"]) == 10
+    image = sorted((CIFAR_DIR / "test" / "ship").glob("*.jpg"))[0]
+    result = cli("predict", str(folder / "model.keras"), str(image), "--top-k", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip()
+    assert line.startswith(str(image)) and len(line.split(", ")) == 3
+    assert any(name in line for name in ("ship", "airplane", "truck", "automobile"))
+
+
+def test_class_count_mismatch_is_refused(run, tmp_path):
+    folder, _ = run
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for src in sorted((CIFAR_DIR / "test" / cls).glob("*.jpg"))[:3]:
+                shutil.copy(src, tmp_path / split / cls)
+    result = cli("evaluate", str(folder / "model.keras"), "--data", str(tmp_path))
+    assert result.returncode == 2 and "10 classes, the data 2" in last_line(result)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path):
+    folder, _ = run
+    from keras_resnet import training
+
+    ckpt = tmp_path / "checkpoints"
+    shutil.copytree(folder / "checkpoints", ckpt)
+    newest = training.checkpoints(ckpt)[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # as if the disk lost the end of the file
+    (ckpt / "tmp-epoch-0005.weights.h5").write_bytes(b"half-written")
+    config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
+    model = training.build_model(config, num_classes=10, image_size=(32, 32))
+    training.compile_model(model, config, steps_per_epoch=31)
+    messages = []
+    assert training.restore_latest(model, ckpt, messages.append) == 3
+    assert "epoch-0004.weights.h5 is unreadable" in messages[0]
+    assert int(model.optimizer.iterations.numpy()) == 3 * 31
+    assert not list(ckpt.glob("tmp-*"))
+
+
+def test_sigkill_then_same_command_resumes(tmp_path):
+    folder = tmp_path / "killed"
+    args = [sys.executable, "-m", "keras_resnet.cli", *SMALL, "--epochs", "4", "--max-train-samples",
+            "1000", "--max-eval-samples", "200", "--set", "train.validate_every=0",
+            "--output", str(folder)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if json.loads((folder / "metrics.json").read_text())["epochs_completed"] >= 2:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done = max(int(p.name[6:10]) for p in (folder / "checkpoints").glob("epoch-*.weights.h5"))
+
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resuming from epoch {done + 1}" in result.stdout
+    assert result.stdout.count("Epoch ") == 4 - done  # only the remaining epochs were trained
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and len(metrics["history"]["loss"]) == 4
+    # The step-based schedule went on where it stopped: lr at each epoch end is the
+    # uninterrupted schedule's value after that many steps.
+    from keras_resnet import training
+
+    config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
+    model = training.build_model(config, num_classes=10, image_size=(32, 32))
+    schedule = training.compile_model(model, config, steps_per_epoch=15)
+    expected = [float(keras.ops.convert_to_numpy(schedule(15 * (e + 1)))) for e in range(4)]
+    np.testing.assert_allclose(metrics["history"]["lr"], expected, rtol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    folder = tmp_path / "nan"
+    result = cli(*SMALL, "--epochs", "3", "--max-train-samples", "640", "--max-eval-samples", "100",
+                 "--set", "train.schedule='piecewise'", "--set", "train.boundaries=[1.0]",
+                 "--set", "train.factor=1e12", "--set", "train.validate_every=0", "--output", str(folder))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "loss became NaN/inf in epoch 2" in last_line(result)
+    assert [p.name for p in (folder / "checkpoints").glob("epoch-*")] == ["epoch-0001.weights.h5"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent/cifar"], "does not exist"),
+    (["--recipe", "cifar10-slow"], "Unknown recipe 'cifar10-slow'"),
+    (["--set", "train.epoch=3"], "unknown field train.epoch"),
+    (["--data", "no_such_dataset_xyz"], "Unknown TFDS dataset 'no_such_dataset_xyz'"),
+])
+def test_cli_user_errors(tmp_path, args, message):
+    result = cli("train", *args, "--output", str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last_line(result).startswith("keras-resnet train: error:") and message in last_line(result)
+
+
+def test_benchmark_prints_json():
+    result = cli("benchmark", "--depth", "20", "--steps", "3", "--warmup", "1", "--batch-size", "16",
+                 "--precision", "float32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["images_per_sec"] > 0 and stats["precision"] == "float32" and stats["mode"] == "train"
+
+
+def test_seeded_deterministic_runs_repeat_exactly(tmp_path):
+    common = [*SMALL, "--epochs", "1", "--max-train-samples", "320", "--max-eval-samples", "100",
+              "--precision", "float32", "--set", "train.deterministic=true", "--set", "augment.rotation=5.0"]
+    histories = []
+    for name in ("a", "b"):
+        result = cli(*common, "--output", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr[-2000:]
+        histories.append(json.loads((tmp_path / name / "metrics.json").read_text())["history"])
+    assert histories[0] == histories[1]
+
+
+def test_large_images_stream_with_random_resized_crop_and_center_crop_eval(tmp_path):
+    """Images over 64 px are decoded per epoch; no recipe given, so imagenet-resnet50's is used."""
+    import tensorflow as tf
+
+    root = tmp_path / "large"
+    for split, per_class in (("train", 24), ("test", 8)):
+        for k, cls in enumerate(("cat", "dog", "ship")):
+            (root / split / cls).mkdir(parents=True)
+            for i, src in enumerate(sorted((CIFAR_DIR / split / cls).glob("*.jpg"))[:per_class]):
+                image = tf.io.decode_jpeg(tf.io.read_file(str(src)))
+                size = (72 + 8 * (i % 3), 96 - 8 * (k % 2))  # assorted sizes
+                big = tf.cast(tf.image.resize(image, size), tf.uint8)
+                tf.io.write_file(str(root / split / cls / f"{i}.jpg"), tf.io.encode_jpeg(big))
+    (root / "train" / "cat" / "bad.jpg").write_bytes(b"GIF89a not a jpeg")
+    folder = tmp_path / "run"
+    result = cli("train", "--data", str(root), "--depth", "18", "--epochs", "1", "--batch-size", "16",
+                 "--set", "data.image_size=[64, 64]", "--output", str(folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipped 1 unreadable or non-image file(s)" in result.stdout and "bad.jpg" in result.stdout
+    config = json.loads((folder / "config.json").read_text())
+    assert config["recipe"]["name"] == "imagenet-resnet50"
+    assert config["augment"]["random_resized_crop"] and config["data"]["eval_crop_fraction"] == 0.875
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["num_train"] == 72 and metrics["eval"]["num_images"] == 24
+    import keras_resnet  # noqa: F401
+
+    assert keras.models.load_model(folder / "model.keras").input_shape == (None, 64, 64, 3)
