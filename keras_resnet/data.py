@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet import layers
+
 AUTOTUNE = tf.data.AUTOTUNE
+# ImageNet statistics on the [0, 255] scale, for data whose own statistics are not computed.
+IMAGENET_MEAN = tuple(255 * m for m in layers.IMAGENET_MEAN)
+IMAGENET_STD = tuple(255 * s for s in layers.IMAGENET_STD)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 EVAL_SPLIT_NAMES = ("test", "val", "validation")
 MEMORY_MAX_SIDE = 64  # decode-once-into-memory for images up to this side
@@ -177,10 +182,6 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
 
 
 # -- TFDS ----------------------------------------------------------------------------------
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
 
 def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int | None = None,
               max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True) -> Splits:
