@@ -30,12 +30,9 @@ from keras_resnet import recipes, training  # noqa: E402
 def ours(x, y, batch_size):
     config = recipes.load("cifar10-fast")
     config["train"]["batch_size"] = batch_size
-    precision = training.resolve_precision("auto")
-    keras.mixed_precision.set_global_policy(precision)
-    model = training.build_model(config, num_classes=10, image_size=(32, 32),
-                                 normalization=((125.0,) * 3, (63.0,) * 3))
-    training.compile_model(model, config, steps_per_epoch=len(x) // batch_size)
-    keras.mixed_precision.set_global_policy("float32")
+    model, _, precision = training.build_compiled(
+        config, num_classes=10, image_size=(32, 32), normalization=((125.0,) * 3, (63.0,) * 3),
+        steps_per_epoch=len(x) // batch_size)
     data = tf.data.Dataset.from_tensor_slices((x, np.eye(10, dtype="float32")[y]))
     data = data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return model, lambda: model.fit(data, epochs=1, verbose=0), precision

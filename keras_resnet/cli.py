@@ -137,12 +137,14 @@ def _predict(args) -> int:
     import numpy as np
     import tensorflow as tf
 
+    from keras_resnet import data as data_lib
+
     model = _load_model(args.model)
     size = tuple(model.input_shape[1:3])
     batch = []
     for path in args.images:
         try:
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            image = data_lib.decode_file(path)
         except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as err:
             raise ValueError(f"Cannot read image {path}: {err.message.splitlines()[0]}") from err
         batch.append(tf.image.resize(tf.cast(image, tf.float32), size).numpy())

@@ -62,11 +62,14 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
 
 # -- image folders -------------------------------------------------------------------------
 
-def _list_split(split_dir: Path, class_names: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
-    if class_names is None:
-        class_names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-        if not class_names:
-            raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image>.jpg.")
+def _class_folders(split_dir: Path) -> list[str]:
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not names:
+        raise DataError(f"{split_dir} has no class folders: expected {split_dir}/<class>/<image>.jpg.")
+    return names
+
+
+def _list_split(split_dir: Path, class_names: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
     paths, labels, skipped = [], [], []
     for label, name in enumerate(class_names):
         folder = split_dir / name
@@ -84,7 +87,8 @@ def _list_split(split_dir: Path, class_names: list[str] | None) -> tuple[list[st
     return paths, np.asarray(labels, np.int32), skipped
 
 
-def _decode_file(path: str) -> np.ndarray:
+def decode_file(path: str) -> np.ndarray:
+    """One JPEG/PNG file as a uint8 HxWx3 array (tf.errors on unreadable files)."""
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
 
 
@@ -92,7 +96,7 @@ def _decode_all(paths: list[str]) -> tuple[list[np.ndarray | None], list[str]]:
     """Decode every file once (threads), naming each that fails."""
     def safe(path):
         try:
-            return _decode_file(path)
+            return decode_file(path)
         except (tf.errors.InvalidArgumentError, tf.errors.OpError):
             return None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -137,7 +141,7 @@ def _folder_split(paths, labels, *, in_memory: bool, cache_file: str | None):
 
 
 def _peek_side(path: str) -> int:
-    return max(_decode_file(path).shape[:2])
+    return max(decode_file(path).shape[:2])
 
 
 def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None = None,
@@ -156,8 +160,8 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
     if not train_dir.is_dir() or eval_dir is None:
         raise DataError(f"{root} needs train/ and one of {'/'.join(EVAL_SPLIT_NAMES)}/ sub-folders, "
                         "each holding one folder per class.")
-    train_paths, train_labels, skipped = _list_split(train_dir, None)
-    class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    class_names = _class_folders(train_dir)
+    train_paths, train_labels, skipped = _list_split(train_dir, class_names)
     eval_paths, eval_labels, skipped_eval = _list_split(eval_dir, class_names)
     skipped += skipped_eval
 

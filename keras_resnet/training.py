@@ -125,6 +125,24 @@ def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> ker
     return schedule
 
 
+def build_compiled(config: dict, *, num_classes: int, image_size: Sequence[int], normalization,
+                   steps_per_epoch: int) -> tuple[keras.Model, keras.optimizers.schedules.LearningRateSchedule, str]:
+    """The model and compiled step `train` uses: (model, schedule, precision policy name).
+
+    The mixed-precision policy applies while the layers are built; the global policy is
+    float32 again afterwards.
+    """
+    precision = resolve_precision(config["train"]["precision"])
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_model(config, num_classes=num_classes, image_size=image_size,
+                            normalization=normalization)
+        schedule = compile_model(model, config, steps_per_epoch)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return model, schedule, precision
+
+
 # -- callbacks -------------------------------------------------------------------------------
 
 class RunRecorder(keras.callbacks.Callback):
@@ -247,57 +265,52 @@ def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/defaul
         raise data_lib.DataError(f"batch_size {t['batch_size']} exceeds the {splits.num_train} training "
                                  "images; lower --batch-size or use more data.")
 
-    precision = resolve_precision(t["precision"])
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        model = build_model(config, num_classes=splits.num_classes, image_size=image_size,
-                            normalization=(splits.mean, splits.std))
-        schedule = compile_model(model, config, steps_per_epoch)
-        initial_epoch = restore_latest(model, folder / "checkpoints", log) if state == "resume" else 0
-        if initial_epoch:
-            log(f"Resuming from epoch {initial_epoch + 1}")
-        log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}) on "
-            f"{splits.num_train} images of {splits.source}, {splits.num_classes} classes, "
-            f"epochs {initial_epoch + 1}-{t['epochs']}, {steps_per_epoch} steps each.")
+    model, schedule, precision = build_compiled(
+        config, num_classes=splits.num_classes, image_size=image_size,
+        normalization=(splits.mean, splits.std), steps_per_epoch=steps_per_epoch)
+    initial_epoch = restore_latest(model, folder / "checkpoints", log) if state == "resume" else 0
+    if initial_epoch:
+        log(f"Resuming from epoch {initial_epoch + 1}")
+    log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}) on "
+        f"{splits.num_train} images of {splits.source}, {splits.num_classes} classes, "
+        f"epochs {initial_epoch + 1}-{t['epochs']}, {steps_per_epoch} steps each.")
 
-        fixed = splits.image_size == image_size
-        augmenter = augment_lib.build_augmenter(
-            {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
-            seed=t["seed"], extra_layers=extra_augment_layers)
-        eval_ds = data_lib.eval_pipeline(
-            splits.test.map(_one_hot(splits.num_classes)), batch_size=t["batch_size"],
-            image_size=image_size, fixed_size=fixed, crop_fraction=d["eval_crop_fraction"] or None)
+    fixed = splits.image_size == image_size
+    augmenter = augment_lib.build_augmenter(
+        {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
+        seed=t["seed"], extra_layers=extra_augment_layers)
+    eval_ds = data_lib.eval_pipeline(
+        splits.test.map(_one_hot(splits.num_classes)), batch_size=t["batch_size"],
+        image_size=image_size, fixed_size=fixed, crop_fraction=d["eval_crop_fraction"] or None)
 
-        recorder = RunRecorder(folder, initial_epoch, schedule,
-                               {"class_names": splits.class_names, "data": splits.source,
-                                "precision": precision, "num_train": splits.num_train,
-                                "num_test": splits.num_test})
-        callbacks = [keras.callbacks.TerminateOnNaN(), recorder,
-                     CrashSafeCheckpoint(folder / "checkpoints"),
-                     keras.callbacks.TensorBoard(str(folder / "logs"))]
-        started = time.time()
-        if initial_epoch < t["epochs"]:  # else: only the final evaluation was left to do
-            train_ds = data_lib.train_pipeline(
-                splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
-                batch_size=t["batch_size"], epochs=t["epochs"], initial_epoch=initial_epoch,
-                seed=t["seed"], image_size=image_size, fixed_size=fixed, augment=augmenter,
-                random_resized_crop=config["augment"]["random_resized_crop"])
-            model.fit(train_ds, epochs=t["epochs"], initial_epoch=initial_epoch,
-                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False,
-                      validation_data=eval_ds if t["validate_every"] else None,
-                      validation_freq=max(t["validate_every"], 1))
-        losses = recorder.history.get("loss", [])
-        kept = checkpoints(folder / "checkpoints")
-        kept = f"the last good checkpoint is kept ({kept[0] if kept else 'none'})"
-        bad = next((i for i, v in enumerate(losses) if v is None or not math.isfinite(v)), None)
-        if bad is not None:
-            raise RunError(f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
-                           "Lower train.lr or check the data.")
-        if recorder.epochs_completed < t["epochs"]:
-            raise RunError(f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
-                           f"the input ran out of data (unreadable images dropped?); {kept}.")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    recorder = RunRecorder(folder, initial_epoch, schedule,
+                           {"class_names": splits.class_names, "data": splits.source,
+                            "precision": precision, "num_train": splits.num_train,
+                            "num_test": splits.num_test})
+    callbacks = [keras.callbacks.TerminateOnNaN(), recorder,
+                 CrashSafeCheckpoint(folder / "checkpoints"),
+                 keras.callbacks.TensorBoard(str(folder / "logs"))]
+    started = time.time()
+    if initial_epoch < t["epochs"]:  # else: only the final evaluation was left to do
+        train_ds = data_lib.train_pipeline(
+            splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
+            batch_size=t["batch_size"], epochs=t["epochs"], initial_epoch=initial_epoch,
+            seed=t["seed"], image_size=image_size, fixed_size=fixed, augment=augmenter,
+            random_resized_crop=config["augment"]["random_resized_crop"])
+        model.fit(train_ds, epochs=t["epochs"], initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False,
+                  validation_data=eval_ds if t["validate_every"] else None,
+                  validation_freq=max(t["validate_every"], 1))
+    losses = recorder.history.get("loss", [])
+    kept = checkpoints(folder / "checkpoints")
+    kept = f"the last good checkpoint is kept ({kept[0] if kept else 'none'})"
+    bad = next((i for i, v in enumerate(losses) if v is None or not math.isfinite(v)), None)
+    if bad is not None:
+        raise RunError(f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
+                       "Lower train.lr or check the data.")
+    if recorder.epochs_completed < t["epochs"]:
+        raise RunError(f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
+                       f"the input ran out of data (unreadable images dropped?); {kept}.")
 
     return _finish(folder, config, model, recorder, splits, image_size, eval_ds,
                    train_seconds=time.time() - started, log=log)
@@ -380,31 +393,26 @@ def benchmark(depth: int = 20, *, mode: str = "train", batch_size: int = 128, st
     config = recipes.load("cifar10-fast")
     config["model"]["depth"] = depth
     config["train"].update(batch_size=batch_size, precision=precision, jit_compile=jit_compile)
-    policy = resolve_precision(precision)
     cifar = specs.resnet_spec(depth).stem == "cifar"
     size, classes = ((32, 32), 10) if cifar else ((224, 224), 1000)
     classes = num_classes or classes
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = build_model(config, num_classes=classes, image_size=size,
-                            normalization=((125.0,) * 3, (60.0,) * 3))
-        compile_model(model, config, steps_per_epoch=steps + warmup)
-        rng = np.random.default_rng(0)
-        x = rng.uniform(0, 255, (batch_size, *size, 3)).astype("float32")
-        y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch_size)]
-        ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(tf.data.AUTOTUNE)
-        if mode == "train":
-            model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
-            start = time.perf_counter()
-            model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-        else:
-            images = ds.map(lambda a, b: a)
-            model.predict(images, steps=warmup, verbose=0)
-            start = time.perf_counter()
-            model.predict(images, steps=steps, verbose=0)
-        seconds = time.perf_counter() - start
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model, _, policy = build_compiled(config, num_classes=classes, image_size=size,
+                                      normalization=((125.0,) * 3, (60.0,) * 3),
+                                      steps_per_epoch=steps + warmup)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch_size, *size, 3)).astype("float32")
+    y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch_size)]
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(tf.data.AUTOTUNE)
+    if mode == "train":
+        model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    else:
+        images = ds.map(lambda a, b: a)
+        model.predict(images, steps=warmup, verbose=0)
+        start = time.perf_counter()
+        model.predict(images, steps=steps, verbose=0)
+    seconds = time.perf_counter() - start
     return {"model": model.name, "mode": mode, "batch_size": batch_size, "steps": steps,
             "precision": policy, "jit_compile": bool(model.jit_compile),
             "backend": keras.backend.backend(), "seconds": round(seconds, 3),
