@@ -23,7 +23,8 @@ __version__ = "0.1.0"
 # Training needs TensorFlow (tf.data); these load it on first use, so `import keras_resnet`
 # stays TensorFlow-free on the JAX and PyTorch backends.
 _LAZY = {"train": "training", "evaluate_model": "training", "benchmark": "training",
-         "recipes": "recipes", "training": "training", "data": "data"}
+         "recipes": "recipes", "training": "training", "data": "data", "export": "exporter",
+         "exporter": "exporter", "parity": "parity"}
 
 
 def __getattr__(name: str):
@@ -46,6 +47,6 @@ __all__ = [
     "BasicBlock", "BatchNormalization", "BottleneckBlock", "DropPath", "PreActBasicBlock",
     "PreActBottleneckBlock", "Preprocessing", "ResNetSpec", "ResidualBlock", "SqueezeExcite",
     "StageSpec", "ZeroPadShortcut", "benchmark", "build", "build_from_spec", "count_macs",
-    "count_params", "custom_objects", "evaluate_model", "layers", "model_stats", "models",
+    "count_params", "custom_objects", "evaluate_model", "export", "layers", "model_stats", "models",
     "preprocess_input", "resnet_spec", "train",
 ]

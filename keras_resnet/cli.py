@@ -54,6 +54,25 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=5)
 
+    export = sub.add_parser("export", help="SavedModel for TF Serving, TFLite, .keras, weights or ONNX, "
+                                           "verified against the Keras model")
+    export.add_argument("model", help="a .keras file, e.g. runs/cifar10-fast/model.keras")
+    export.add_argument("--format", required=True, help="saved_model, tflite, keras, weights or onnx")
+    export.add_argument("--output", required=True,
+                        help="saved_model: the serving base folder (BASE/NAME/VERSION is written); "
+                             "other formats: the file")
+    export.add_argument("--name", help="saved_model: the model's name in BASE (default: the Keras model's name)")
+    export.add_argument("--version", type=int, help="saved_model: version number (default: next free)")
+    export.add_argument("--quantize", default="none", help="tflite: none, float16, dynamic or int8")
+    export.add_argument("--calibration-data", help="int8: folder or TFDS name (its train split)")
+    export.add_argument("--calibration-steps", type=int, default=200, help="int8: calibration images")
+    export.add_argument("--int8-io", default="float32", help="int8: input/output type float32, int8 or uint8")
+    export.add_argument("--verify-data", help="folder or TFDS name for the parity check "
+                                              "(default: the run folder's evaluation data)")
+    export.add_argument("--verify-samples", type=int, default=500)
+    export.add_argument("--data-dir", help="TFDS data_dir")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file or version (atomically)")
+
     bench = sub.add_parser("benchmark", help="images/s of the default training or inference step")
     bench.add_argument("--depth", type=int, default=20)
     bench.add_argument("--mode", choices=("train", "predict"), default="train")
@@ -90,17 +109,9 @@ def _recipes(args) -> int:
 
 
 def _load_model(path: str):
-    import keras
+    from keras_resnet.exporter import load_model
 
-    import keras_resnet  # noqa: F401  (registers the layers)
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Model file {path} not found.")
-    try:
-        return keras.models.load_model(path)
-    except Exception as err:
-        raise ValueError(f"{path} is not a loadable .keras model ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}).") from err
+    return load_model(path)
 
 
 def _class_names(model_path: str, count: int) -> list[str]:
@@ -156,6 +167,21 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from keras_resnet import exporter
+
+    result = exporter.export(
+        args.model, args.format, args.output, name=args.name, version=args.version,
+        quantize=args.quantize, calibration_data=args.calibration_data,
+        calibration_steps=args.calibration_steps, int8_io=args.int8_io,
+        verify_data=args.verify_data, verify_samples=args.verify_samples,
+        data_dir=args.data_dir, overwrite=args.overwrite,
+        log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({"artifact": result["artifact"], "ok": result["ok"],
+                      "verification_data": result["verification_data"], "rows": result["rows"]}))
+    return 0
+
+
 def _benchmark(args) -> int:
     from keras_resnet import training
 
@@ -198,7 +224,7 @@ def _summary(args) -> int:
 
 
 COMMANDS = {"summary": _summary, "train": _train, "recipes": _recipes, "evaluate": _evaluate,
-            "predict": _predict, "benchmark": _benchmark}
+            "predict": _predict, "export": _export, "benchmark": _benchmark}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,3 +34,28 @@ def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subpro
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=ROOT)
+
+
+SMALL = ["train", "--recipe", "cifar10-fast", "--data", str(CIFAR_DIR), "--depth", "8", "--variant", "cifar",
+         "--batch-size", "64"]
+
+
+def cli(*args, timeout=600) -> subprocess.CompletedProcess:
+    """`keras-resnet ARGS` in a real subprocess."""
+    return subprocess.run([sys.executable, "-m", "keras_resnet.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A real run folder: ResNet-8 trained 4 epochs on 2,000 CIFAR-10 images by the CLI."""
+    folder = tmp_path_factory.mktemp("runs") / "small"
+    result = cli(*SMALL, "--epochs", "4", "--max-train-samples", "2000", "--max-eval-samples", "500",
+                 "--set", "train.validate_every=2", "--output", str(folder))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, result

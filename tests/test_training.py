@@ -12,29 +12,13 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CIFAR_DIR, ROOT
+from conftest import CIFAR_DIR, ROOT, SMALL, cli, last_line
 
-SMALL = ["train", "--recipe", "cifar10-fast", "--data", str(CIFAR_DIR), "--depth", "8", "--variant", "cifar",
-         "--batch-size", "64"]
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "keras_resnet.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-
-
-def last_line(result):
-    return result.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runs") / "small"
-    result = cli(*SMALL, "--epochs", "4", "--max-train-samples", "2000", "--max-eval-samples", "500",
-                 "--set", "train.validate_every=2", "--output", str(folder))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder, result
+def run(trained_run):
+    return trained_run
 
 
 def test_training_learns_and_fills_the_run_folder(run):
