@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any recipe field, e.g. --set train.label_smoothing=0.1")
     train.add_argument("--overwrite", action="store_true", help="replace a run folder with another configuration")
+    train.add_argument("--strategy", default="auto",
+                       help="auto, one-device, mirrored (local GPUs), multi-worker (TF_CONFIG) or tpu; "
+                            "--batch-size is the global batch")
+    train.add_argument("--tpu", help="TPU address or name for --strategy tpu (default: TPU_NAME / Colab's)")
 
     recipes = sub.add_parser("recipes", help="list the shipped recipes")
     recipes.add_argument("--show", metavar="NAME", help="print one recipe's full resolved configuration")
@@ -90,10 +94,11 @@ def _train(args) -> int:
                                            "batch_size", "lr", "max_train_samples",
                                            "max_eval_samples", "seed", "precision")}
     output = args.output or f"runs/{args.recipe or 'default'}"
-    metrics = training.train(args.recipe, output=output, overrides=args.set,
-                             overwrite=args.overwrite, **flags)
+    metrics = training.train(args.recipe, output=output, overrides=args.set, overwrite=args.overwrite,
+                             strategy=args.strategy, tpu=args.tpu, **flags)
     print(json.dumps({"output": output, "epochs_completed": metrics["epochs_completed"],
-                      "eval": {k: metrics["eval"][k] for k in ("accuracy", "top5_accuracy", "loss")}}))
+                      "eval": {k: v for k, v in metrics.get("eval", {}).items()
+                               if k in ("accuracy", "top5_accuracy", "loss")}}))
     return 0
 
 

@@ -144,21 +144,9 @@ def _verification_sample(layout: _Layout, *, verify_data: str | None, data_dir: 
 
 # -- atomic placement --------------------------------------------------------------------------
 
-def _remove_stale_temporaries(directory: Path) -> None:
-    """Temporaries of exports whose process died (SIGKILL, power loss)."""
-    for stale in directory.glob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(stale.name[len(TMP_PREFIX):].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            continue
-
-
 def _temporary_dir(parent: Path) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(parent)
+    report.remove_dead_temporaries(parent, TMP_PREFIX)
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=parent))
 
 

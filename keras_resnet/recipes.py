@@ -19,7 +19,7 @@ DEFAULTS: dict[str, dict] = {
     "recipe": {"name": "", "description": ""},
     "model": {"depth": 20, "variant": "", "shortcut": "", "groups": 1, "width_per_group": 64,
               "se_ratio": 0.0, "drop_path_rate": 0.0, "zero_init_residual": False,
-              "bn_momentum": 0.9, "bn_epsilon": 1e-5},
+              "bn_momentum": 0.9, "bn_epsilon": 1e-5, "sync_bn": False},
     "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0],
              "eval_crop_fraction": 0.0, "max_train_samples": 0, "max_eval_samples": 0},
     "augment": dict(augment.DEFAULTS),

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,18 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def remove_dead_temporaries(directory: str | os.PathLike, prefix: str) -> None:
+    """Remove `directory/<prefix><pid>-*` entries left by processes that no longer run
+    (killed mid-write: SIGKILL, power loss)."""
+    for stale in Path(directory).glob(f"{prefix}*"):
+        try:
+            os.kill(int(stale.name[len(prefix):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
 
 
 def write_json(path, obj) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,10 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import augment as augment_lib, data as data_lib, recipes, report, schedules, specs
+from keras_resnet import augment as augment_lib, data as data_lib, distribute, recipes, report, schedules, specs
 from keras_resnet.builder import build
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+WORKER_PREFIX = "keras-resnet-worker-"
 
 # Plain `train()` / CLI flags and the recipe field each sets.
 FLAG_FIELDS = {
@@ -148,10 +150,13 @@ def build_compiled(config: dict, *, num_classes: int, image_size: Sequence[int],
 class RunRecorder(keras.callbacks.Callback):
     """Rewrites metrics.json and history.csv after every epoch: one continuous history."""
 
-    def __init__(self, folder: Path, initial_epoch: int, schedule, extra: dict):
+    def __init__(self, folder: Path, initial_epoch: int, schedule, extra: dict,
+                 history_from: Path | None = None):
+        """`history_from`: the metrics.json whose first `initial_epoch` epochs continue
+        (default: the folder's own; a non-chief worker reads the chief's)."""
         super().__init__()
         self.folder, self.schedule, self.extra = folder, schedule, extra
-        previous = report.read_json(folder / "metrics.json") or {}
+        previous = report.read_json(history_from or folder / "metrics.json") or {}
         self.history = {k: v[:initial_epoch] for k, v in previous.get("history", {}).items()}
         self.epochs_completed = initial_epoch
 
@@ -199,11 +204,14 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("epoch-*.weights.h5"), reverse=True)
 
 
-def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None]) -> int:
-    """Load the newest loadable checkpoint (weights + optimizer); returns its epoch (0: none)."""
-    for stale in folder.glob("tmp-*"):
-        stale.unlink()
-    model.optimizer.build(model.trainable_variables)
+def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
+                   clean: bool = True) -> int:
+    """Load the newest loadable checkpoint (weights + optimizer); returns its epoch (0: none).
+    `clean` removes half-written temporaries (only the folder's owner does)."""
+    for stale in folder.glob("tmp-*") if clean else ():
+        stale.unlink(missing_ok=True)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     for path in checkpoints(folder):
         try:
             model.load_weights(path)
@@ -239,22 +247,58 @@ def _one_hot(num_classes: int):
 
 
 def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/default",
-          overrides: Sequence[str] = (), overwrite: bool = False,
-          extra_augment_layers: Sequence[Callable] = (), log: Callable[[str], None] = print,
-          verbose: int = 2, **flags) -> dict:
+          overrides: Sequence[str] = (), overwrite: bool = False, strategy: str = "auto",
+          tpu: str | None = None, extra_augment_layers: Sequence[Callable] = (),
+          log: Callable[[str], None] = print, verbose: int = 2, **flags) -> dict:
     """Train with `model.fit` into the run folder `output`; returns metrics.json's content.
 
     Running the same call again resumes after the last completed epoch (or returns at once
-    when the run is complete). `flags` are depth, variant, data, data_dir, epochs,
-    batch_size, max_train_samples, max_eval_samples, seed, precision, lr.
+    when the run is complete). `strategy` is one of `distribute.STRATEGIES` (`tpu`: its
+    address); `batch_size` is global. Under multi-worker, every worker runs the same call;
+    only the chief writes `output`, the others work in a temporary folder they remove.
+    `flags` are depth, variant, data, data_dir, epochs, batch_size, max_train_samples,
+    max_eval_samples, seed, precision, lr.
     """
     config = resolve_config(recipe, overrides, **flags)
-    folder = Path(output)
-    state = _prepare_folder(folder, config, overwrite)
+    strat = distribute.make_strategy(strategy, tpu)
+    distribute.check_batch(config["train"]["batch_size"], strat)
+    chief = distribute.is_chief(strat)
+    run_folder = Path(output)
+    if chief:
+        state = _prepare_folder(run_folder, config, overwrite)
+    else:  # read the chief's folder, never write it
+        metrics = report.read_json(run_folder / "metrics.json") or {}
+        state = "complete" if metrics.get("status") == "complete" else "resume"
+    distribute.agree(strat, int(state == "complete"), "whether the run is complete")
     if state == "complete":
-        log(f"Run in {folder} is already complete ({config['train']['epochs']} epochs); nothing to do.")
-        return report.read_json(folder / "metrics.json")
+        log(f"Run in {run_folder} is already complete ({config['train']['epochs']} epochs); nothing to do.")
+        return report.read_json(run_folder / "metrics.json")
+    if not chief:  # its own scratch folder; a killed worker's is removed by the next one
+        report.remove_dead_temporaries(tempfile.gettempdir(), WORKER_PREFIX)
+    folder = run_folder if chief else Path(tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-"))
+    distributed = strat is not tf.distribute.get_strategy()
+    try:
+        with strat.scope(), distribute.multi_worker_fit(strat):
+            fitted = _fit(config, folder, run_folder, state, strat, chief, distributed,
+                          extra_augment_layers, log, verbose)
+        if not chief:
+            return fitted["recorder"].write(status="complete (worker)")
+        return _finish(folder, **fitted, log=log)  # outside the strategy: one plain model
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.AbortedError) as err:
+        if not distribute.is_multi_worker(strat):
+            raise
+        raise RunError(f"Lost contact with another worker ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0][:160]}). Start every worker again with the same "
+                       "command; training resumes from the chief's last checkpoint.") from err
+    finally:
+        if not chief:
+            shutil.rmtree(folder, ignore_errors=True)
 
+
+def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief: bool,
+         distributed: bool, extra_augment_layers, log, verbose) -> dict:
+    """Build, restore and `model.fit` under `strat`; returns what `_finish` needs."""
     t, d = config["train"], config["data"]
     keras.utils.set_random_seed(t["seed"])
     if t["deterministic"]:
@@ -265,15 +309,23 @@ def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/defaul
         raise data_lib.DataError(f"batch_size {t['batch_size']} exceeds the {splits.num_train} training "
                                  "images; lower --batch-size or use more data.")
 
+    if distributed and t["jit_compile"] == "auto":  # XLA under strategies: not verified, off
+        config = {**config, "train": {**t, "jit_compile": False}}
     model, schedule, precision = build_compiled(
         config, num_classes=splits.num_classes, image_size=image_size,
         normalization=(splits.mean, splits.std), steps_per_epoch=steps_per_epoch)
-    initial_epoch = restore_latest(model, folder / "checkpoints", log) if state == "resume" else 0
+    if config["model"]["sync_bn"]:
+        distribute.synchronize_batch_norm(model)
+    model.optimizer.build(model.trainable_variables)  # every worker creates the same variables
+    initial_epoch = (restore_latest(model, run_folder / "checkpoints", log, clean=chief)
+                     if state == "resume" else 0)
+    initial_epoch = distribute.agree(strat, initial_epoch, "the epoch to resume from")
     if initial_epoch:
         log(f"Resuming from epoch {initial_epoch + 1}")
-    log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}) on "
-        f"{splits.num_train} images of {splits.source}, {splits.num_classes} classes, "
-        f"epochs {initial_epoch + 1}-{t['epochs']}, {steps_per_epoch} steps each.")
+    log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
+        f"{distribute.describe(strat)}) on {splits.num_train} images of {splits.source}, "
+        f"{splits.num_classes} classes, epochs {initial_epoch + 1}-{t['epochs']}, "
+        f"{steps_per_epoch} steps each.")
 
     fixed = splits.image_size == image_size
     augmenter = augment_lib.build_augmenter(
@@ -286,7 +338,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/defaul
     recorder = RunRecorder(folder, initial_epoch, schedule,
                            {"class_names": splits.class_names, "data": splits.source,
                             "precision": precision, "num_train": splits.num_train,
-                            "num_test": splits.num_test})
+                            "num_test": splits.num_test, "strategy": distribute.describe(strat)},
+                           history_from=run_folder / "metrics.json")
     callbacks = [keras.callbacks.TerminateOnNaN(), recorder,
                  CrashSafeCheckpoint(folder / "checkpoints"),
                  keras.callbacks.TensorBoard(str(folder / "logs"))]
@@ -311,9 +364,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/defaul
     if recorder.epochs_completed < t["epochs"]:
         raise RunError(f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
                        f"the input ran out of data (unreadable images dropped?); {kept}.")
-
-    return _finish(folder, config, model, recorder, splits, image_size, eval_ds,
-                   train_seconds=time.time() - started, log=log)
+    return dict(config=config, model=model, recorder=recorder, splits=splits, image_size=image_size,
+                eval_ds=eval_ds, train_seconds=time.time() - started)
 
 
 def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Splits, tuple[int, int]]:

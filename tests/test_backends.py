@@ -1,5 +1,7 @@
 """The model core on the JAX backend (keras / keras.ops only; no TensorFlow import)."""
 
+import pytest
+
 from conftest import run_python
 
 
@@ -35,3 +37,25 @@ def test_channels_first_matches_channels_last():
         env={"KERAS_BACKEND": "jax"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_torch_backend_builds_and_fits_without_tensorflow():
+    """Runs where PyTorch is installed (`pip install torch==2.13.0`, CPU); not in the test
+    extra, which would pull a multi-GB CUDA build."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed")
+    result = run_python(
+        "import sys, numpy as np, keras, keras_resnet as kr\n"
+        "assert keras.backend.backend() == 'torch'\n"
+        "m = kr.build(8, variant='cifar', se_ratio=0.25)\n"
+        "m.compile(keras.optimizers.SGD(0.05, momentum=0.9), 'sparse_categorical_crossentropy')\n"
+        "x = np.random.default_rng(0).uniform(0, 255, (32, 32, 32, 3)).astype('float32')\n"
+        "h = m.fit(x, np.arange(32) % 10, batch_size=8, epochs=3, verbose=0).history['loss']\n"
+        "assert all(np.isfinite(h)) and h[-1] < h[0], h\n"
+        "assert kr.count_params(kr.build(50)) == 25_557_032\n"
+        "print('tensorflow' in sys.modules)\n",
+        env={"KERAS_BACKEND": "torch"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,210 @@
+"""tf.distribute for `train`: choose a strategy, validate the cluster, decide who writes.
+
+Strategies are TensorFlow's own (`OneDeviceStrategy`, `MirroredStrategy`,
+`MultiWorkerMirroredStrategy` from `TF_CONFIG`, `TPUStrategy`); nothing here moves tensors
+between machines. `multi_worker_fit` holds the one workaround this needs: Keras 3's
+TensorFlow trainer cannot run `model.fit` under `MultiWorkerMirroredStrategy` (it reduces
+the symbolic-build batch and the scalar logs with collectives that fail; keras-team/keras
+#20585), so two private functions are replaced, only while such a fit runs, and only on the
+Keras versions where they were checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "tpu")
+# Keras versions whose TensorFlow trainer the multi-worker fix was verified against.
+MULTI_WORKER_FIX_KERAS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15")
+
+
+class DistributeError(ValueError):
+    """A strategy or cluster that cannot be used as given; the message says what to fix."""
+
+
+def parse_tf_config(raw: str | None = None) -> dict | None:
+    """`TF_CONFIG` (the environment's when `raw` is None), validated; None when unset."""
+    raw = os.environ.get("TF_CONFIG") if raw is None else raw
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise DistributeError(f"TF_CONFIG is not valid JSON ({err.msg} at character {err.pos}).") from err
+    cluster, task = config.get("cluster") if isinstance(config, dict) else None, None
+    if not isinstance(cluster, dict) or not cluster:
+        raise DistributeError('TF_CONFIG needs "cluster": {"worker": ["host:port", ...], ...}.')
+    for job, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise DistributeError(f'TF_CONFIG "cluster.{job}" must be a list of "host:port" strings.')
+    task = config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise DistributeError('TF_CONFIG needs "task": {"type": "worker", "index": N}.')
+    if task["type"] not in cluster:
+        raise DistributeError(f'TF_CONFIG "task.type" {task["type"]!r} is not a job of "cluster" '
+                              f"({', '.join(cluster)}).")
+    if not isinstance(task["index"], int) or not 0 <= task["index"] < len(cluster[task["type"]]):
+        raise DistributeError(f'TF_CONFIG "task.index" {task["index"]!r} is out of range: '
+                              f'"cluster.{task["type"]}" has {len(cluster[task["type"]])} address(es).')
+    return config
+
+
+def _cluster_size(config: dict | None) -> int:
+    return 0 if config is None else sum(len(config["cluster"].get(job, [])) for job in ("chief", "worker"))
+
+
+def _tpu_address(tpu: str | None) -> str | None:
+    return tpu or os.environ.get("TPU_NAME") or (
+        f"grpc://{os.environ['COLAB_TPU_ADDR']}" if os.environ.get("COLAB_TPU_ADDR") else None)
+
+
+def _local_tpu() -> bool:
+    return any(Path("/dev").glob("accel*")) or Path("/dev/vfio").is_dir() and any(Path("/dev/vfio").glob("[0-9]*"))
+
+
+def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
+    """The strategy for `name`:
+
+    - `auto`: multi-worker when `TF_CONFIG` names more than one worker, a TPU when one is
+      addressed (`tpu`, `TPU_NAME`, Colab's `COLAB_TPU_ADDR`), mirrored over several local
+      GPUs, else TensorFlow's default strategy;
+    - `one-device`, `mirrored` (all local GPUs, or all logical CPUs without GPUs),
+      `multi-worker` (`TF_CONFIG`), `tpu` (`tpu` address, or the local TPU VM).
+    """
+    if name not in STRATEGIES:
+        raise DistributeError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+    config = parse_tf_config()
+    if name == "auto":
+        if _cluster_size(config) > 1:
+            name = "multi-worker"
+        elif _tpu_address(tpu):
+            name = "tpu"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            return tf.distribute.get_strategy()
+    if name == "one-device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi-worker":
+        if config is None:
+            raise DistributeError("--strategy multi-worker needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": "
+                                  "{\"worker\": [\"host1:12345\", \"host2:12345\"]}, \"task\": "
+                                  "{\"type\": \"worker\", \"index\": 0}}' on each worker.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    address = _tpu_address(tpu)
+    if address is None and not _local_tpu():
+        raise DistributeError("--strategy tpu found no TPU: pass --tpu grpc://HOST:8470 (or a TPU name), "
+                              "run on a TPU VM, or pick a Colab TPU runtime.")
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or "local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as err:
+        raise DistributeError(f"Could not connect to the TPU {address or 'local'} "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:160]}).") from err
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+    return f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replica(s))"
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run folder: the `chief` task, else worker 0."""
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                             and resolver.task_id == 0)
+
+
+def check_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        lower, upper = batch_size // replicas * replicas, -(-batch_size // replicas) * replicas
+        raise DistributeError(f"The global batch size {batch_size} does not split over {replicas} "
+                              f"replicas; use a multiple of {replicas} (e.g. {lower or upper} or {upper}).")
+
+
+def agree(strategy: tf.distribute.Strategy, value: int, what: str) -> int:
+    """`value` if every worker holds the same one, else a clear error (no silent divergence)."""
+    if not is_multi_worker(strategy):
+        return value
+    values = strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0).numpy()
+    low, high = int(values.min()), int(values.max())
+    if low != high:
+        raise DistributeError(f"Workers disagree on {what} ({low} vs {high}): every worker must see the "
+                              "chief's run folder (shared storage) and get the same command line.")
+    return value
+
+
+def synchronize_batch_norm(model: keras.Model) -> int:
+    """Switch every BatchNormalization layer to cross-replica statistics; returns the count."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def multi_worker_fit(strategy: tf.distribute.Strategy) -> Iterator[None]:
+    """Make `model.fit`/`evaluate` work under a multi-worker strategy, for the duration."""
+    if not is_multi_worker(strategy):
+        yield
+        return
+    if keras.config.backend() != "tensorflow" or ".".join(keras.__version__.split(".")[:2]) not in MULTI_WORKER_FIX_KERAS:
+        raise DistributeError(f"Multi-worker training is verified on Keras {MULTI_WORKER_FIX_KERAS[0]}–"
+                              f"{MULTI_WORKER_FIX_KERAS[-1]} with TensorFlow; this is Keras "
+                              f"{keras.__version__} on {keras.config.backend()}.")
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original_reduce = tf_trainer.reduce_per_replica
+    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def first_local(value):
+        return (strategy.experimental_local_results(value)[0]
+                if isinstance(value, tf.distribute.DistributedValues) else value)
+
+    def reduce_per_replica(values, strat, reduction):
+        # Scalars (losses, metric results) cannot be reduced along axis 0.
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strat):
+            return tree.map_structure(
+                lambda v: strat.reduce("MEAN", v, axis=0 if first_local(v).shape.rank else None), values)
+        return original_reduce(values, strat, reduction)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # The batch only gives shapes: take this worker's first replica instead of a collective.
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(first_local, next(batches))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original_reduce
+        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = original_build
