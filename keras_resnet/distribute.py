@@ -66,7 +66,8 @@ def _tpu_address(tpu: str | None) -> str | None:
 
 
 def _local_tpu() -> bool:
-    return any(Path("/dev").glob("accel*")) or Path("/dev/vfio").is_dir() and any(Path("/dev/vfio").glob("[0-9]*"))
+    """A TPU VM exposes its chips as /dev/accel* (v4 and older) or /dev/vfio/N (v5+)."""
+    return any(Path("/dev").glob("accel*")) or any(Path("/dev/vfio").glob("[0-9]*"))
 
 
 def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
@@ -117,7 +118,8 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.S
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
-    return f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replica(s))"
+    name = type(strategy).__name__
+    return f"{'default strategy' if name.startswith('_Default') else name} ({strategy.num_replicas_in_sync} replica(s))"
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
@@ -171,7 +173,8 @@ def multi_worker_fit(strategy: tf.distribute.Strategy) -> Iterator[None]:
     if not is_multi_worker(strategy):
         yield
         return
-    if keras.config.backend() != "tensorflow" or ".".join(keras.__version__.split(".")[:2]) not in MULTI_WORKER_FIX_KERAS:
+    version = ".".join(keras.__version__.split(".")[:2])
+    if keras.config.backend() != "tensorflow" or version not in MULTI_WORKER_FIX_KERAS:
         raise DistributeError(f"Multi-worker training is verified on Keras {MULTI_WORKER_FIX_KERAS[0]}–"
                               f"{MULTI_WORKER_FIX_KERAS[-1]} with TensorFlow; this is Keras "
                               f"{keras.__version__} on {keras.config.backend()}.")

@@ -64,8 +64,7 @@ class _Layout:
                               f"{model.output_shape}; export needs one image input and one "
                               "class-score output (build with include_top=True).")
         shape = tuple(model.input_shape[1:])
-        self.channels_first = keras.config.image_data_format() == "channels_first" or (
-            shape[0] in (1, 3) and shape[-1] not in (1, 3))
+        self.channels_first = shape[0] in (1, 3) and shape[-1] not in (1, 3)
         height, width, channels = (shape[1], shape[2], shape[0]) if self.channels_first else shape
         if None in (height, width, channels):
             raise ExportError(f"{model.name} has no fixed input size (input shape "
@@ -244,6 +243,8 @@ def _export_saved_model(model, layout, base: Path, *, name: str, version: int | 
                                        {"bytes": BYTES_SIGNATURE, "example": EXAMPLE_SIGNATURE})
         result = _report(rows, sample, artifact=str(target), format="saved_model",
                          signatures=["serving_default", BYTES_SIGNATURE, EXAMPLE_SIGNATURE])
+        log(parity.table(rows))
+        _check_rows(result, "SavedModel")  # before the rename: a broken version never appears
         report.write_json(tmp / "saved_model" / "assets.extra" / "export_report.json", result)
         _place(tmp / "saved_model", target, overwrite)
     finally:
@@ -357,8 +358,6 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
             model, layout, output, name=name or model.name, version=version,
             class_names=class_names, crop=crop, sample=sample, reference=reference,
             overwrite=overwrite, log=log)
-        log(parity.table(result["rows"]))
-        _check_rows(result, "SavedModel")
         log(f"Wrote {target}")
         return result
 
@@ -369,11 +368,13 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     tmp = _temporary_dir(output.parent)
     try:
         artifact = tmp / output.name
-        row_name, kind = f"{format}", "float32"
+        row_name, kind = format, "float32"
         if format == "tflite":
-            artifact.write_bytes(tflite_model(model, quantize, calibration.images if calibration else None, int8_io))
+            images = calibration.images if calibration else None
+            artifact.write_bytes(tflite_model(model, quantize, images, int8_io))
             run = parity.tflite_runner(artifact)
-            row_name, kind = f"tflite:{quantize}" + (f" ({int8_io} I/O)" if quantize == "int8" else ""), KIND[quantize]
+            kind = KIND[quantize]
+            row_name = f"tflite:{quantize}" + (f" ({int8_io} I/O)" if quantize == "int8" else "")
         elif format == "keras":
             model.save(artifact)
             run = _keras_runner(load_model(artifact), layout)
