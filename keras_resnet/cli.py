@@ -120,10 +120,9 @@ def _load_model(path: str):
 
 
 def _class_names(model_path: str, count: int) -> list[str]:
-    from keras_resnet import report
+    from keras_resnet.exporter import run_context
 
-    metrics = report.read_json(os.path.join(os.path.dirname(model_path) or ".", "metrics.json")) or {}
-    names = metrics.get("class_names")
+    names = run_context(model_path).get("class_names")
     return names if names and len(names) == count else [str(i) for i in range(count)]
 
 

@@ -350,8 +350,7 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     sample = _verification_sample(layout, verify_data=verify_data, data_dir=data_dir,
                                   count=verify_samples, context=context,
                                   calibration_data=calibration_data, log=log)
-    reference = parity.in_batches(
-        lambda x: layout.probabilities(model, tf.constant(x)).numpy(), sample.images)
+    reference = parity.in_batches(_keras_runner(model, layout), sample.images)
 
     if format == "saved_model":
         target, result = _export_saved_model(
