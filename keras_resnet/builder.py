@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from keras_resnet import specs, weights as weights_lib
-from keras_resnet.layers import BLOCKS, Preprocessing, channel_axis, l2
+from keras_resnet.layers import BLOCKS, BatchNormalization, Preprocessing, channel_axis, l2
 from keras_resnet.specs import ResNetSpec
 
 POOLINGS = (None, "avg", "max")
@@ -141,7 +141,7 @@ def _stem(x, spec: ResNetSpec, conv_kwargs: dict, bn_kwargs: dict):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="valid" if stride > 1 else "same",
                           use_bias=spec.preact and last, name=f"{prefix}_conv", **conv_kwargs)(x)
         if not (spec.preact and last):
-            x = layers.BatchNormalization(name=f"{prefix}_bn", **bn_kwargs)(x)
+            x = BatchNormalization(name=f"{prefix}_bn", **bn_kwargs)(x)
             x = layers.Activation("relu", name=f"{prefix}_relu")(x)
     if spec.stem != "cifar":
         x = layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
@@ -224,7 +224,7 @@ def build_from_spec(
             features[stride] = x
             block_index += 1
     if spec.preact:
-        x = layers.BatchNormalization(name="post_bn", **bn_kwargs)(x)
+        x = BatchNormalization(name="post_bn", **bn_kwargs)(x)
         x = layers.Activation("relu", name="post_relu")(x)
         features[stride] = x
 

@@ -8,7 +8,6 @@ larger ones are decoded per epoch (optionally with a file cache).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -303,8 +302,15 @@ def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, e
                    initial_epoch: int, seed: int, image_size: tuple[int, int],
                    fixed_size: bool, augment=None, random_resized_crop: bool = False) -> tf.data.Dataset:
     """Epochs `initial_epoch..epochs-1`, each shuffled with seed `seed + epoch` (so a resumed
-    run sees the same order), batched, augmented per batch, prefetched."""
+    run sees the same order), batched, augmented per batch, prefetched.
+
+    One `flat_map` over the epoch numbers, not a chain of per-epoch copies: an in-memory
+    split is held once, whatever the number of epochs.
+    """
     def one_epoch(epoch):
+        # The order depends on the op-level seed alone. (With a graph-level seed of 0, as
+        # `keras.utils.set_random_seed(0)` sets, TensorFlow cannot take a tensor op seed.)
+        tf.compat.v1.get_default_graph().seed = None
         epoch_ds = ds.shuffle(min(num_examples, 50_000), seed=seed + epoch,
                               reshuffle_each_iteration=False)
         if random_resized_crop:
@@ -315,8 +321,7 @@ def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, e
                                     num_parallel_calls=AUTOTUNE)
         return epoch_ds.batch(batch_size, drop_remainder=True)
 
-    batches = functools.reduce(lambda a, b: a.concatenate(b),
-                               [one_epoch(epoch) for epoch in range(initial_epoch, epochs)])
+    batches = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
     batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if augment is not None:
         batches = batches.map(augment, num_parallel_calls=AUTOTUNE)

@@ -1,5 +1,6 @@
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -88,3 +89,20 @@ def test_imagenet_style_eval_resize_and_center_crop():
     image = tf.zeros((300, 400, 3), tf.uint8)
     out = data.resize_eval(image, (224, 224), 0.875)
     assert out.shape == (224, 224, 3) and out.dtype == tf.float32
+
+
+def test_train_pipeline_holds_an_in_memory_split_once():
+    """The pipeline's graph does not grow with the number of epochs (no per-epoch copies)."""
+    keras.utils.set_random_seed(0)  # as `train` does: a global seed of 0
+    splits = data.load(str(CIFAR_DIR), max_train_samples=200, max_eval_samples=20)
+    kwargs = dict(num_examples=200, batch_size=32, initial_epoch=0, seed=0, image_size=(32, 32),
+                  fixed_size=True)
+    sizes = [len(data.train_pipeline(splits.train, epochs=e, **kwargs)._as_serialized_graph().numpy())
+             for e in (2, 40)]
+    assert sizes[0] > 200 * 32 * 32 * 3 and sizes[1] == sizes[0]
+    # Epoch 2's order is the same whether the pipeline starts at epoch 1 or 2 (resume).
+    full = [y.numpy().argmax(-1) for _, y in data.train_pipeline(
+        splits.train.map(lambda x, y: (x, tf.one_hot(y, 10))), epochs=2, **kwargs)]
+    resumed = [y.numpy().argmax(-1) for _, y in data.train_pipeline(
+        splits.train.map(lambda x, y: (x, tf.one_hot(y, 10))), epochs=2, **{**kwargs, "initial_epoch": 1})]
+    assert len(full) == 12 and all(np.array_equal(a, b) for a, b in zip(full[6:], resumed))

@@ -99,3 +99,67 @@ def test_compat_batch_normalization_freeze():
     np.testing.assert_allclose(y, x / np.sqrt(1 + bn.epsilon), rtol=1e-5)  # inference statistics
     assert not bn.trainable_weights
     assert kr.layers.BatchNormalization.from_config(bn.get_config()).freeze
+    assert not kr.layers.BatchNormalization.from_config({**bn.get_config(), "fused": False}).fused
+
+
+def _bn_pair(dtype_policy):
+    """Keras's BatchNormalization and ours, with the same random weights and statistics."""
+    rng = np.random.default_rng(0)
+    pair = [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype_policy),
+            kr.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype_policy)]
+    for bn in pair:
+        bn.build((None, 6, 6, 4))
+    values = [rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.5, 2, 4)]
+    for bn in pair:
+        bn.set_weights([v.astype("float32") for v in values])
+    return pair, values
+
+
+def _train_call(bn, x):
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.cast(bn(x, training=True), tf.float32)
+        loss = tf.reduce_sum(y * np.random.default_rng(2).normal(size=x.shape).astype("float32"))
+    grads = tape.gradient(loss, [x, bn.gamma.value, bn.beta.value])
+    return [y.numpy()] + [g.numpy() for g in grads] + [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+
+
+@pytest.mark.parametrize("policy,tol", [("float32", 1e-4), ("mixed_bfloat16", 5e-2)])
+def test_fused_batch_norm_matches_keras_in_training(policy, tol):
+    x = np.random.default_rng(1).normal(3.0, 2.0, (8, 6, 6, 4)).astype("float32")
+    (keras_bn, ours), values = _bn_pair(policy)
+    want, got = _train_call(keras_bn, x), _train_call(ours, x)
+    for name, w, g in zip(["output", "d/dx", "d/dgamma", "d/dbeta"], want[:4], got[:4]):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol, err_msg=name)
+    np.testing.assert_allclose(got[4], want[4], rtol=1e-6, err_msg="moving mean")
+    # The fused kernel's moving variance uses the unbiased batch variance (n = 8*6*6).
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    seen = keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(x, ours.compute_dtype), "float32"))
+    batch_var = seen.astype("float64").var(axis=(0, 1, 2))
+    expected = 0.9 * values[3] + 0.1 * batch_var * n / (n - 1)
+    np.testing.assert_allclose(got[5], expected, rtol=1e-5, err_msg="moving variance")
+    # Inference is Keras's own path: identical given the same statistics.
+    ours.set_weights(keras_bn.get_weights())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(x, training=False)),
+                                  keras.ops.convert_to_numpy(keras_bn(x, training=False)))
+
+
+def test_resnet_training_step_runs_the_fused_kernel():
+    import tensorflow as tf
+
+    model = kr.build(20)
+
+    def fused_ops(training):
+        graph = tf.function(lambda x: model(x, training=training)).get_concrete_function(
+            tf.TensorSpec([2, 32, 32, 3])).graph
+        return sum(op.type == "FusedBatchNormV3" for op in graph.get_operations())
+
+    assert fused_ops(True) == 19  # every BN of ResNet-20: stem + 2 per block
+    assert fused_ops(False) == 0  # inference is Keras's own path
+    for layer in model._flatten_layers():
+        if isinstance(layer, kr.BatchNormalization):
+            layer.fused = False
+    assert fused_ops(True) == 0  # fused=False: Keras's path in training too
