@@ -57,7 +57,8 @@ def test_saved_model_is_float32_and_takes_raw_pixels(run, cifar_images):
 def test_same_command_on_a_complete_run_does_nothing(run):
     folder, _ = run
     before = (folder / "metrics.json").read_text()
-    result = cli(*SMALL, "--epochs", "4", "--max-train-samples", "2000", "--max-eval-samples", "500",
+    result = cli(*SMALL, "--lr", "0.8", "--epochs", "4", "--max-train-samples", "2000",
+                 "--max-eval-samples", "500",
                  "--set", "train.validate_every=2", "--output", str(folder))
     assert result.returncode == 0 and "already complete" in result.stdout
     assert (folder / "metrics.json").read_text() == before
@@ -65,7 +66,8 @@ def test_same_command_on_a_complete_run_does_nothing(run):
 
 def test_different_configuration_is_refused(run):
     folder, _ = run
-    result = cli(*SMALL, "--epochs", "5", "--max-train-samples", "2000", "--max-eval-samples", "500",
+    result = cli(*SMALL, "--lr", "0.8", "--epochs", "5", "--max-train-samples", "2000",
+                 "--max-eval-samples", "500",
                  "--output", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "different configuration" in last_line(result) and "train.epochs" in last_line(result)
