@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-eval-samples", type=int)
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--format", choices=("text", "json"), default="text")
+    evaluate.add_argument("--flip-tta", action="store_true",
+                          help="average each image's prediction with its horizontal mirror's")
 
     predict = sub.add_parser("predict", help="top-k classes of image files")
     predict.add_argument("model")
@@ -136,13 +138,15 @@ def _evaluate(args) -> int:
     ds = data_lib.eval_pipeline(splits.test, batch_size=args.batch_size, image_size=size,
                                 fixed_size=splits.image_size == size,
                                 crop_fraction=0.875 if max(size) >= 128 else None)
-    result = training.evaluate_model(model, ds, splits.class_names)
+    result = training.evaluate_model(model, ds, splits.class_names, flip_tta=args.flip_tta)
     result.pop("confusion_matrix", None)
+    result["flip_tta"] = args.flip_tta
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
         print(f"{args.model} on {splits.source}: top-1 {result['accuracy']:.4f}, top-5 "
-              f"{result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} images)")
+              f"{result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} images"
+              f"{', flip TTA' if args.flip_tta else ''})")
         for name, acc in result["per_class_accuracy"].items():
             print(f"  {name:20s} {acc:.4f}")
     return 0

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, dict] = {
               "se_ratio": 0.0, "drop_path_rate": 0.0, "zero_init_residual": False,
               "bn_momentum": 0.9, "bn_epsilon": 1e-5, "sync_bn": False},
     "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0],
-             "eval_crop_fraction": 0.0, "max_train_samples": 0, "max_eval_samples": 0},
+             "eval_crop_fraction": 0.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0},
     "augment": dict(augment.DEFAULTS),
     "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "reference_batch": 128,
               "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "schedule": "onecycle",

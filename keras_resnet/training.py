@@ -390,6 +390,9 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorde
                         normalization=(splits.mean, splits.std))
     final.set_weights(model.get_weights())
     evaluation = evaluate_model(final, eval_ds, splits.class_names)
+    if config["data"]["eval_flip_tta"]:
+        tta = evaluate_model(final, eval_ds, splits.class_names, flip_tta=True)
+        evaluation["flip_tta"] = {k: tta[k] for k in ("accuracy", "top5_accuracy", "loss")}
     tmp = folder / "tmp-model.keras"
     final.save(tmp)
     os.replace(tmp, folder / "model.keras")
@@ -400,21 +403,28 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorde
                               splits.class_names, f"{title}\ntest accuracy {evaluation['accuracy']:.4f}")
     metrics = recorder.write(status="complete", eval=evaluation,
                              train_seconds_this_session=round(train_seconds, 1))
-    log(f"Test accuracy {evaluation['accuracy']:.4f} (top-5 {evaluation['top5_accuracy']:.4f}) "
+    tta = (f", with flip TTA {evaluation['flip_tta']['accuracy']:.4f}" if "flip_tta" in evaluation else "")
+    log(f"Test accuracy {evaluation['accuracy']:.4f} (top-5 {evaluation['top5_accuracy']:.4f}){tta} "
         f"on {splits.num_test} images; run folder {folder}")
     return metrics
 
 
-def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str]) -> dict:
+def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str], *,
+                   flip_tta: bool = False) -> dict:
     """Top-1, top-5, cross-entropy, per-class accuracy and (<= 100 classes) confusion matrix.
 
-    `dataset` yields (images, labels) batches, labels as indices or one-hot.
+    `dataset` yields (images, labels) batches (NHWC), labels as indices or one-hot. With
+    `flip_tta`, each image's probabilities are the mean over it and its horizontal mirror.
     """
     probabilities, labels = [], []
     for images, y in dataset:
-        probabilities.append(model.predict_on_batch(images))
+        probs = keras.ops.convert_to_numpy(model.predict_on_batch(images)).astype(np.float64)
+        if flip_tta:
+            mirrored = model.predict_on_batch(tf.reverse(images, axis=[2]))
+            probs = (probs + keras.ops.convert_to_numpy(mirrored).astype(np.float64)) / 2
+        probabilities.append(probs)
         labels.append(np.argmax(y, -1) if y.shape.rank == 2 else y.numpy())
-    probs = np.concatenate([keras.ops.convert_to_numpy(p) for p in probabilities]).astype(np.float64)
+    probs = np.concatenate(probabilities)
     labels = np.concatenate(labels).astype(np.int64)
     n = len(class_names)
     if probs.shape[1] != n:

@@ -31,6 +31,7 @@ def test_training_learns_and_fills_the_run_folder(run):
     assert history["val_loss"][0] is None and history["val_loss"][1] is not None  # every 2nd epoch
     assert metrics["eval"]["accuracy"] > 0.2  # chance is 0.1
     assert set(metrics["eval"]) >= {"accuracy", "top5_accuracy", "loss", "per_class_accuracy"}
+    assert metrics["eval"]["flip_tta"]["accuracy"] > 0.2  # the recipe also evaluates with flip TTA
     assert metrics["class_names"][0] == "airplane"
     for name in ("config.json", "history.csv", "model.keras", "curves.png", "confusion_matrix.png"):
         assert (folder / name).is_file(), name
@@ -87,6 +88,29 @@ def test_evaluate_and_predict(run):
     line = result.stdout.strip()
     assert line.startswith(str(image)) and len(line.split(", ")) == 3
     assert any(name in line for name in ("ship", "airplane", "truck", "automobile"))
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(run):
+    folder, _ = run
+    from keras_resnet import data, training
+
+    model = keras.models.load_model(folder / "model.keras")
+    splits = data.load_image_folder(CIFAR_DIR, max_train_samples=10, max_eval_samples=200)
+    ds = data.eval_pipeline(splits.test, batch_size=64, image_size=(32, 32), fixed_size=True)
+    x = np.concatenate([b.numpy() for b, _ in ds])
+    y = np.concatenate([label.numpy() for _, label in ds])
+    probs = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    expected_loss = -np.mean(np.log(probs[np.arange(len(y)), y]))
+    tta = training.evaluate_model(model, ds, splits.class_names, flip_tta=True)
+    plain = training.evaluate_model(model, ds, splits.class_names)
+    assert tta["loss"] == pytest.approx(expected_loss, rel=1e-4)
+    assert tta["accuracy"] == np.mean(probs.argmax(1) == y)
+    assert abs(tta["loss"] - plain["loss"]) > 1e-4  # the mirror really was a second view
+    result = cli("evaluate", str(folder / "model.keras"), "--data", str(CIFAR_DIR),
+                 "--max-eval-samples", "200", "--flip-tta", "--format", "json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["flip_tta"] is True and report["accuracy"] == pytest.approx(tta["accuracy"])
 
 
 def test_class_count_mismatch_is_refused(run, tmp_path):
