@@ -389,9 +389,10 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorde
     final = build_model(config, num_classes=splits.num_classes, image_size=image_size,
                         normalization=(splits.mean, splits.std))
     final.set_weights(model.get_weights())
-    evaluation = evaluate_model(final, eval_ds, splits.class_names)
-    if config["data"]["eval_flip_tta"]:
-        tta = evaluate_model(final, eval_ds, splits.class_names, flip_tta=True)
+    probs, mirrored, labels = _predict(final, eval_ds, config["data"]["eval_flip_tta"])
+    evaluation = scores(probs, labels, splits.class_names)
+    if mirrored is not None:  # one pass gives both the single-view and the flip-TTA score
+        tta = scores((probs + mirrored) / 2, labels, splits.class_names)
         evaluation["flip_tta"] = {k: tta[k] for k in ("accuracy", "top5_accuracy", "loss")}
     tmp = folder / "tmp-model.keras"
     final.save(tmp)
@@ -409,6 +410,19 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorde
     return metrics
 
 
+def _predict(model: keras.Model, dataset: tf.data.Dataset, mirrored: bool
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Probabilities of each image (and of its horizontal mirror if `mirrored`), and labels."""
+    plain, flipped, labels = [], [], []
+    for images, y in dataset:
+        plain.append(keras.ops.convert_to_numpy(model.predict_on_batch(images)))
+        if mirrored:
+            flipped.append(keras.ops.convert_to_numpy(model.predict_on_batch(tf.reverse(images, axis=[2]))))
+        labels.append(np.argmax(y, -1) if y.shape.rank == 2 else y.numpy())
+    flipped = np.concatenate(flipped).astype(np.float64) if mirrored else None
+    return np.concatenate(plain).astype(np.float64), flipped, np.concatenate(labels).astype(np.int64)
+
+
 def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str], *,
                    flip_tta: bool = False) -> dict:
     """Top-1, top-5, cross-entropy, per-class accuracy and (<= 100 classes) confusion matrix.
@@ -416,16 +430,12 @@ def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Se
     `dataset` yields (images, labels) batches (NHWC), labels as indices or one-hot. With
     `flip_tta`, each image's probabilities are the mean over it and its horizontal mirror.
     """
-    probabilities, labels = [], []
-    for images, y in dataset:
-        probs = keras.ops.convert_to_numpy(model.predict_on_batch(images)).astype(np.float64)
-        if flip_tta:
-            mirrored = model.predict_on_batch(tf.reverse(images, axis=[2]))
-            probs = (probs + keras.ops.convert_to_numpy(mirrored).astype(np.float64)) / 2
-        probabilities.append(probs)
-        labels.append(np.argmax(y, -1) if y.shape.rank == 2 else y.numpy())
-    probs = np.concatenate(probabilities)
-    labels = np.concatenate(labels).astype(np.int64)
+    probs, mirrored, labels = _predict(model, dataset, flip_tta)
+    return scores((probs + mirrored) / 2 if flip_tta else probs, labels, class_names)
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict:
+    """`evaluate_model`'s report from probabilities and integer labels."""
     n = len(class_names)
     if probs.shape[1] != n:
         raise data_lib.DataError(f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
