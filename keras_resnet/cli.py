@@ -47,9 +47,12 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a .keras model")
     evaluate.add_argument("model")
-    evaluate.add_argument("--data", required=True, help="TFDS name or folder (its test/val split is used)")
+    evaluate.add_argument("--data", required=True, help="TFDS name or folder")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test",
+                          help="test: the test/val split; train: the training images without "
+                               "augmentation (how well the model fits them)")
     evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--max-eval-samples", type=int)
+    evaluate.add_argument("--max-eval-samples", type=int, help="a seeded subset of the split, every class in it")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--format", choices=("text", "json"), default="text")
     evaluate.add_argument("--flip-tta", action="store_true",
@@ -132,19 +135,21 @@ def _evaluate(args) -> int:
     from keras_resnet import data as data_lib, training
 
     model = _load_model(args.model)
-    splits = data_lib.load(args.data, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples,
-                           include_train=False)
+    on_train = args.split == "train"
+    limit = {"max_train_samples" if on_train else "max_eval_samples": args.max_eval_samples}
+    splits = data_lib.load(args.data, data_dir=args.data_dir, include_train=on_train, **limit)
     size = tuple(model.input_shape[1:3])
-    ds = data_lib.eval_pipeline(splits.test, batch_size=args.batch_size, image_size=size,
-                                fixed_size=splits.image_size == size,
+    ds = data_lib.eval_pipeline(splits.train if on_train else splits.test, batch_size=args.batch_size,
+                                image_size=size, fixed_size=splits.image_size == size,
                                 crop_fraction=0.875 if max(size) >= 128 else None)
     result = training.evaluate_model(model, ds, splits.class_names, flip_tta=args.flip_tta)
     result.pop("confusion_matrix", None)
     result["flip_tta"] = args.flip_tta
+    result["split"] = args.split
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.model} on {splits.source}: top-1 {result['accuracy']:.4f}, top-5 "
+        print(f"{args.model} on {splits.source} ({args.split}): top-1 {result['accuracy']:.4f}, top-5 "
               f"{result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} images"
               f"{', flip TTA' if args.flip_tta else ''})")
         for name, acc in result["per_class_accuracy"].items():

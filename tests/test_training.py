@@ -113,6 +113,22 @@ def test_flip_tta_averages_each_image_with_its_mirror(run):
     assert report["flip_tta"] is True and report["accuracy"] == pytest.approx(tta["accuracy"])
 
 
+def test_evaluate_on_the_training_split(run):
+    folder, _ = run
+    from keras_resnet import data
+
+    model = keras.models.load_model(folder / "model.keras")
+    splits = data.load_image_folder(CIFAR_DIR, max_train_samples=300, max_eval_samples=10)
+    x, y = (np.stack(a) for a in zip(*splits.train.as_numpy_iterator()))
+    expected = np.mean(model.predict(x.astype("float32"), verbose=0).argmax(1) == y)
+    result = cli("evaluate", str(folder / "model.keras"), "--data", str(CIFAR_DIR), "--split", "train",
+                 "--max-eval-samples", "300", "--format", "json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["split"] == "train" and report["num_images"] == 300
+    assert report["accuracy"] == pytest.approx(expected)
+
+
 def test_class_count_mismatch_is_refused(run, tmp_path):
     folder, _ = run
     for split in ("train", "test"):
