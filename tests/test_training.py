@@ -129,6 +129,24 @@ def test_evaluate_on_the_training_split(run):
     assert report["accuracy"] == pytest.approx(expected)
 
 
+def test_weight_ema_saves_the_averaged_weights(tmp_path):
+    """Two deterministic runs that differ only in `train.ema`: the raw trajectory (and so the
+    BN statistics) is the same, and the saved kernels are the moving average, not the last step."""
+    import keras_resnet  # noqa: F401  (registers the layers for loading)
+
+    models = {}
+    for ema in ("false", "true"):
+        result = cli(*SMALL, "--epochs", "2", "--max-train-samples", "512", "--max-eval-samples", "100",
+                     "--set", "train.deterministic=true", "--set", f"train.ema={ema}",
+                     "--set", "train.ema_momentum=0.9", "--output", str(tmp_path / ema))
+        assert result.returncode == 0, result.stderr[-3000:]
+        models[ema] = keras.models.load_model(tmp_path / ema / "model.keras")
+    plain, averaged = (models[k].get_layer("conv1_bn") for k in ("false", "true"))
+    np.testing.assert_array_equal(plain.moving_mean.numpy(), averaged.moving_mean.numpy())
+    plain, averaged = (models[k].get_layer("predictions") for k in ("false", "true"))
+    assert not np.allclose(plain.kernel.numpy(), averaged.kernel.numpy(), atol=1e-4)
+
+
 def test_class_count_mismatch_is_refused(run, tmp_path):
     folder, _ = run
     for split in ("train", "test"):
