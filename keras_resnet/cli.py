@@ -136,7 +136,9 @@ def _evaluate(args) -> int:
 
     model = _load_model(args.model)
     on_train = args.split == "train"
-    limit = {"max_train_samples" if on_train else "max_eval_samples": args.max_eval_samples}
+    # On the training split, the test split is read for nothing: keep it to one image.
+    limit = ({"max_train_samples": args.max_eval_samples, "max_eval_samples": 1} if on_train
+             else {"max_eval_samples": args.max_eval_samples})
     splits = data_lib.load(args.data, data_dir=args.data_dir, include_train=on_train, **limit)
     size = tuple(model.input_shape[1:3])
     ds = data_lib.eval_pipeline(splits.train if on_train else splits.test, batch_size=args.batch_size,
