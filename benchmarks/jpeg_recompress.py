@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.dest.exists():
         parser.error(f"{args.dest} exists; give a new folder")
+    # Written beside `dest` and renamed when complete: an interrupted run leaves no
+    # half-made copy under the name a training run would be pointed at.
+    partial = args.dest.with_name(args.dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     report = {"quality": args.quality, "shift": args.shift}
     for split in sorted(p for p in args.source.iterdir() if p.is_dir()):
         sq_err, pixels, count = 0.0, 0, 0
         for file in sorted(split.glob("*/*")):
             image = tf.io.decode_image(tf.io.read_file(str(file)), channels=3).numpy()
             out = recompress(image, args.quality, args.shift)
-            target = args.dest / split.name / file.parent.name / (file.stem + ".png")
+            target = partial / split.name / file.parent.name / (file.stem + ".png")
             target.parent.mkdir(parents=True, exist_ok=True)
             # PNG: lossless, so the copy holds exactly the twice-compressed pixels.
             target.write_bytes(tf.io.encode_png(out).numpy())
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             pixels += image.size
             count += 1
         report[split.name] = {"images": count, "rmse": (sq_err / pixels) ** 0.5}
+    partial.rename(args.dest)
     print(json.dumps(report))
 
 

@@ -63,6 +63,7 @@ def test_jpeg_recompress_writes_a_lossless_copy_with_one_more_pass(tmp_path):
 
     splits = data.load(str(tmp_path / "x2"))
     assert (splits.num_train, splits.num_test, splits.num_classes) == (20, 20, 10)
+    assert not (tmp_path / "x2.partial").exists()  # written aside, renamed when complete
 
 
 def test_jpeg_recompress_refuses_an_existing_destination(tmp_path):
