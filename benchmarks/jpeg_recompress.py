@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet.data import decode_file
+
 
 def recompress(image: np.ndarray, quality: int, shift: int) -> np.ndarray:
     """One JPEG pass (4:2:0) on a grid shifted by `shift` pixels; same shape back."""
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     for split in sorted(p for p in args.source.iterdir() if p.is_dir()):
         sq_err, pixels, count = 0.0, 0, 0
         for file in sorted(split.glob("*/*")):
-            image = tf.io.decode_image(tf.io.read_file(str(file)), channels=3).numpy()
+            image = decode_file(str(file))
             out = recompress(image, args.quality, args.shift)
             target = partial / split.name / file.parent.name / (file.stem + ".png")
             target.parent.mkdir(parents=True, exist_ok=True)

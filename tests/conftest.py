@@ -29,6 +29,21 @@ def cifar_images() -> np.ndarray:
     return np.stack(images).astype("float32")
 
 
+def small_cifar_folder(root: pathlib.Path, classes=None, per_class: int = 6) -> pathlib.Path:
+    """A train/test image folder holding the first `per_class` shared CIFAR-10 images of
+    each class in `classes` (default: all ten)."""
+    import shutil
+
+    classes = classes or sorted(p.name for p in (CIFAR_DIR / "train").iterdir())
+    for split in ("train", "test"):
+        for cls in classes:
+            dest = root / split / cls
+            dest.mkdir(parents=True)
+            for src in sorted((CIFAR_DIR / split / cls).glob("*.jpg"))[:per_class]:
+                shutil.copy(src, dest)
+    return root
+
+
 def run_python(code: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter (for backends and environment variables)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, small_cifar_folder
 
 
 def test_gpu_benchmark_smoke_on_cpu():
@@ -24,20 +24,6 @@ def test_gpu_benchmark_smoke_on_cpu():
     assert summary["cifar_resnet56"]["seconds_per_50k_epoch"] > 0
 
 
-def _tiny_folder(root, per_class: int = 2):
-    """A train/test copy of the first `per_class` shared CIFAR-10 images of each class."""
-    import shutil
-
-    from conftest import CIFAR_DIR
-
-    for split in ("train", "test"):
-        for cls in sorted(p.name for p in (CIFAR_DIR / split).iterdir()):
-            (root / split / cls).mkdir(parents=True)
-            for f in sorted((CIFAR_DIR / split / cls).glob("*.jpg"))[:per_class]:
-                shutil.copy(f, root / split / cls / f.name)
-    return root
-
-
 def _recompress(src, dest, *extra):
     return subprocess.run([sys.executable, "benchmarks/jpeg_recompress.py", str(src), str(dest), *extra],
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
@@ -48,7 +34,7 @@ def test_jpeg_recompress_writes_a_lossless_copy_with_one_more_pass(tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    src = _tiny_folder(tmp_path / "src")
+    src = small_cifar_folder(tmp_path / "src", per_class=2)
     shifted, aligned = _recompress(src, tmp_path / "x2"), _recompress(src, tmp_path / "x2-aligned", "--shift", "0")
     assert shifted.returncode == 0 and aligned.returncode == 0, shifted.stderr[-2000:] + aligned.stderr[-2000:]
     report, report_aligned = json.loads(shifted.stdout), json.loads(aligned.stdout)
@@ -67,7 +53,7 @@ def test_jpeg_recompress_writes_a_lossless_copy_with_one_more_pass(tmp_path):
 
 
 def test_jpeg_recompress_refuses_an_existing_destination(tmp_path):
-    src = _tiny_folder(tmp_path / "src", per_class=1)
+    src = small_cifar_folder(tmp_path / "src", per_class=1)
     (tmp_path / "taken").mkdir()
     result = _recompress(src, tmp_path / "taken")
     assert result.returncode == 2 and "exists" in result.stderr

@@ -1,12 +1,10 @@
-import shutil
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_resnet import data
-from conftest import CIFAR_DIR
+from conftest import CIFAR_DIR, small_cifar_folder
 
 
 def test_image_folder_subset_is_seeded_stratified_and_not_sorted_prefix():
@@ -29,18 +27,8 @@ def test_subset_indices():
     assert np.array_equal(a, data.stratified_subset(labels, 100, 0))
 
 
-def _small_folder(tmp_path, classes=("cat", "dog"), per_class=6):
-    for split in ("train", "test"):
-        for cls in classes:
-            dest = tmp_path / split / cls
-            dest.mkdir(parents=True)
-            for src in sorted((CIFAR_DIR / split / cls).glob("*.jpg"))[:per_class]:
-                shutil.copy(src, dest)
-    return tmp_path
-
-
 def test_non_image_and_corrupt_files_are_skipped_and_named(tmp_path):
-    root = _small_folder(tmp_path)
+    root = small_cifar_folder(tmp_path, ("cat", "dog"))
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
     (root / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     splits = data.load(str(root))
@@ -60,7 +48,7 @@ def test_bad_folders_are_clear_errors(tmp_path, make, match):
 
 
 def test_class_folder_without_images(tmp_path):
-    root = _small_folder(tmp_path)
+    root = small_cifar_folder(tmp_path, ("cat", "dog"))
     for f in (root / "test" / "dog").iterdir():
         f.unlink()
     with pytest.raises(data.DataError, match=r"test/dog has no JPEG/PNG images"):
