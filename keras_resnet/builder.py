@@ -35,6 +35,7 @@ def build(
     drop_path_rate: float = 0.0,
     zero_init_residual: bool = False,
     weight_decay: float = 1e-4,
+    bn_weight_decay: float = 0.0,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     pyramid_outputs: bool = False,
@@ -55,9 +56,10 @@ def build(
     statistics) puts that normalization inside the model instead.
 
     `weight_decay` is SGD's weight decay (applied as an L2 penalty of weight_decay/2 on
-    conv and dense kernels). `pyramid_outputs=True` (with `include_top=False`) returns a
-    model whose output is a dict of the last feature map at each stride, keyed "P{log2
-    stride}" ("P2".."P5" for ImageNet ResNets).
+    conv and dense kernels); `bn_weight_decay` is the same for BN gamma/beta (default 0:
+    not decayed; PyTorch reproductions often decay them too). `pyramid_outputs=True`
+    (with `include_top=False`) returns a model whose output is a dict of the last feature
+    map at each stride, keyed "P{log2 stride}" ("P2".."P5" for ImageNet ResNets).
     """
     variant = weights_lib.resolve_variant(depth, variant, weights) or specs.default_variant(depth)
     spec = specs.resnet_spec(depth, variant, groups=groups, width_per_group=width_per_group,
@@ -81,6 +83,7 @@ def build(
         drop_path_rate=drop_path_rate,
         zero_init_residual=zero_init_residual,
         weight_decay=weight_decay,
+        bn_weight_decay=bn_weight_decay,
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         pyramid_outputs=pyramid_outputs,
@@ -163,6 +166,7 @@ def build_from_spec(
     drop_path_rate: float = 0.0,
     zero_init_residual: bool = False,
     weight_decay: float = 1e-4,
+    bn_weight_decay: float = 0.0,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     pyramid_outputs: bool = False,
@@ -199,7 +203,8 @@ def build_from_spec(
 
     conv_kwargs = dict(kernel_initializer="he_normal", kernel_regularizer=l2(weight_decay),
                        data_format=data_format)
-    bn_kwargs = dict(axis=channel_axis(data_format), momentum=bn_momentum, epsilon=bn_epsilon)
+    bn_kwargs = dict(axis=channel_axis(data_format), momentum=bn_momentum, epsilon=bn_epsilon,
+                     gamma_regularizer=l2(bn_weight_decay), beta_regularizer=l2(bn_weight_decay))
     x = _stem(x, spec, conv_kwargs, bn_kwargs)
 
     stride = 1 if spec.stem == "cifar" else 4
@@ -217,7 +222,8 @@ def build_from_spec(
                 stage.filters, block_stride, shortcut=spec.shortcut, se_ratio=spec.se_ratio,
                 drop_path_rate=drop_path_rate * block_index / last_index,
                 zero_init_residual=zero_init_residual, weight_decay=weight_decay,
-                bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, data_format=data_format,
+                bn_weight_decay=bn_weight_decay, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                data_format=data_format,
                 name=f"conv{s + 2}_block{b + 1}", **extra,
             )(x)
             stride *= block_stride

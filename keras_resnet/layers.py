@@ -171,6 +171,7 @@ class ResidualBlock(layers.Layer):
         zero_init_residual: start the branch at zero (last BN gamma = 0), so the block
             begins as identity (Goyal et al. 2017).
         weight_decay: L2 on conv kernels (SGD weight-decay meaning; see `l2`).
+        bn_weight_decay: the same on BN gamma/beta (0: not decayed, the usual choice).
         bn_momentum, bn_epsilon: BatchNormalization settings.
     """
 
@@ -180,12 +181,13 @@ class ResidualBlock(layers.Layer):
     def __init__(self, filters: int, stride: int = 1, *, shortcut: str = "projection",
                  se_ratio: float | None = None, drop_path_rate: float = 0.0,
                  zero_init_residual: bool = False, weight_decay: float = 0.0,
-                 bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
+                 bn_weight_decay: float = 0.0, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
                  data_format: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.stride, self.shortcut = filters, stride, shortcut
         self.se_ratio, self.drop_path_rate = se_ratio, drop_path_rate
         self.zero_init_residual, self.weight_decay = zero_init_residual, weight_decay
+        self.bn_weight_decay = bn_weight_decay
         self.bn_momentum, self.bn_epsilon = bn_momentum, bn_epsilon
         self.data_format = data_format or keras.config.image_data_format()
         self.out_channels = filters * self.expansion
@@ -203,7 +205,9 @@ class ResidualBlock(layers.Layer):
     def _bn(self, name: str, zero: bool = False) -> BatchNormalization:
         return BatchNormalization(
             axis=channel_axis(self.data_format), momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, gamma_initializer="zeros" if zero else "ones", name=name)
+            epsilon=self.bn_epsilon, gamma_initializer="zeros" if zero else "ones",
+            gamma_regularizer=l2(self.bn_weight_decay), beta_regularizer=l2(self.bn_weight_decay),
+            name=name)
 
     def _pad(self, stride: int, name: str) -> layers.ZeroPadding2D | None:
         return layers.ZeroPadding2D(1, data_format=self.data_format, name=name) if stride > 1 else None
@@ -276,8 +280,9 @@ class ResidualBlock(layers.Layer):
             **super().get_config(), "filters": self.filters, "stride": self.stride,
             "shortcut": self.shortcut, "se_ratio": self.se_ratio,
             "drop_path_rate": self.drop_path_rate, "zero_init_residual": self.zero_init_residual,
-            "weight_decay": self.weight_decay, "bn_momentum": self.bn_momentum,
-            "bn_epsilon": self.bn_epsilon, "data_format": self.data_format,
+            "weight_decay": self.weight_decay, "bn_weight_decay": self.bn_weight_decay,
+            "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+            "data_format": self.data_format,
         }
 
 

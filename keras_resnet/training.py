@@ -26,6 +26,7 @@ from keras_resnet.builder import build
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 WORKER_PREFIX = "keras-resnet-worker-"
+BN_RECALIBRATION_BATCHES = 100  # training batches that re-estimate BN statistics after EMA
 
 # Plain `train()` / CLI flags and the recipe field each sets.
 FLAG_FIELDS = {
@@ -104,7 +105,8 @@ def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
         width_per_group=m["width_per_group"], se_ratio=m["se_ratio"] or None,
         shortcut=m["shortcut"] or None, drop_path_rate=m["drop_path_rate"],
         zero_init_residual=m["zero_init_residual"], weight_decay=config["train"]["weight_decay"],
-        bn_momentum=m["bn_momentum"], bn_epsilon=m["bn_epsilon"])
+        bn_weight_decay=config["train"]["bn_weight_decay"], bn_momentum=m["bn_momentum"],
+        bn_epsilon=m["bn_epsilon"])
 
 
 def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -343,14 +345,17 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     callbacks = [keras.callbacks.TerminateOnNaN(), recorder,
                  CrashSafeCheckpoint(folder / "checkpoints"),
                  keras.callbacks.TensorBoard(str(folder / "logs"))]
-    started = time.time()
-    if initial_epoch < t["epochs"]:  # else: only the final evaluation was left to do
-        train_ds = data_lib.train_pipeline(
+
+    def training_batches(first_epoch: int) -> tf.data.Dataset:
+        return data_lib.train_pipeline(
             splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
-            batch_size=t["batch_size"], epochs=t["epochs"], initial_epoch=initial_epoch,
+            batch_size=t["batch_size"], epochs=t["epochs"], initial_epoch=first_epoch,
             seed=t["seed"], image_size=image_size, fixed_size=fixed, augment=augmenter,
             random_resized_crop=config["augment"]["random_resized_crop"])
-        model.fit(train_ds, epochs=t["epochs"], initial_epoch=initial_epoch,
+
+    started = time.time()
+    if initial_epoch < t["epochs"]:  # else: only the final evaluation was left to do
+        model.fit(training_batches(initial_epoch), epochs=t["epochs"], initial_epoch=initial_epoch,
                   steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False,
                   validation_data=eval_ds if t["validate_every"] else None,
                   validation_freq=max(t["validate_every"], 1))
@@ -364,8 +369,13 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     if recorder.epochs_completed < t["epochs"]:
         raise RunError(f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
                        f"the input ran out of data (unreadable images dropped?); {kept}.")
+    bn_batches = None
+    if t["ema"]:
+        # `fit` swaps the averages in when it ends; a run resumed after its last epoch skips `fit`.
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+        bn_batches = training_batches(t["epochs"] - 1).take(BN_RECALIBRATION_BATCHES)
     return dict(config=config, model=model, recorder=recorder, splits=splits, image_size=image_size,
-                eval_ds=eval_ds, train_seconds=time.time() - started)
+                eval_ds=eval_ds, bn_batches=bn_batches, train_seconds=time.time() - started)
 
 
 def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Splits, tuple[int, int]]:
@@ -382,13 +392,42 @@ def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Split
     return splits, image_size
 
 
+def recalibrate_batch_norm(model: keras.Model, batches: tf.data.Dataset) -> int:
+    """Re-estimate the moving statistics of every trainable BN layer as the plain mean over
+    `batches` ((images, labels) batches; forward passes in training mode, no weight update).
+
+    Averaged (EMA) weights need this: Keras averages trainable variables only, so the moving
+    statistics left in the model belong to the last raw weights. Returns the batch count.
+    """
+    bns = [layer for layer in model._flatten_layers()
+           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.moving_mean.assign(keras.ops.zeros_like(bn.moving_mean))
+        bn.moving_variance.assign(keras.ops.ones_like(bn.moving_variance))
+    count = 0
+    try:
+        for count, (images, _) in enumerate(batches, 1):
+            for bn in bns:  # weight 1/count for this batch: a running plain mean
+                bn.momentum = 1.0 - 1.0 / count
+            model(images, training=True)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+    return count
+
+
 def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorder,
-            splits: data_lib.Splits, image_size, eval_ds, *, train_seconds: float,
-            log: Callable[[str], None]) -> dict:
-    """Final evaluation, model.keras (float32 whatever the training precision), plots."""
+            splits: data_lib.Splits, image_size, eval_ds, bn_batches: tf.data.Dataset | None, *,
+            train_seconds: float, log: Callable[[str], None]) -> dict:
+    """BN statistics for averaged weights, final evaluation, model.keras (float32 whatever
+    the training precision), plots."""
     final = build_model(config, num_classes=splits.num_classes, image_size=image_size,
                         normalization=(splits.mean, splits.std))
     final.set_weights(model.get_weights())
+    if bn_batches is not None:
+        count = recalibrate_batch_norm(final, bn_batches)
+        log(f"Re-estimated the BN statistics of the averaged (EMA) weights on {count} training batches.")
     probs, mirrored, labels = _predict(final, eval_ds, config["data"]["eval_flip_tta"])
     evaluation = scores(probs, labels, splits.class_names)
     if mirrored is not None:  # one pass gives both the single-view and the flip-TTA score

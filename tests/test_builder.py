@@ -105,6 +105,21 @@ def test_init_and_regularization_conventions():
     assert len(model.losses) == len(convs) + 1
 
 
+def test_bn_weight_decay_penalizes_every_gamma_and_beta_and_survives_saving(tmp_path):
+    model = kr.build(20, weight_decay=0.0, bn_weight_decay=5e-4)
+    bns = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    for bn in bns:
+        bn.beta.assign(np.full(bn.beta.shape, 0.5, "float32"))
+    assert len(model.losses) == 2 * len(bns)
+    # wd/2 * sum(gamma^2 + beta^2), with gamma = 1 and beta = 0.5 everywhere.
+    channels = sum(bn.gamma.shape[0] for bn in bns)
+    assert float(sum(model.losses)) == pytest.approx(2.5e-4 * channels * 1.25, rel=1e-5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("conv2_block1").bn_weight_decay == 5e-4
+    assert float(sum(loaded.losses)) == pytest.approx(float(sum(model.losses)), rel=1e-6)
+
+
 def test_zero_init_residual_and_configurable_bn():
     model = kr.build(50, zero_init_residual=True, bn_momentum=0.99, bn_epsilon=1e-3)
     block = model.get_layer("conv2_block2")

@@ -28,6 +28,16 @@ def test_flags_and_overrides_win_in_order():
     assert config["augment"]["rotation"] == 5.0
 
 
+def test_bn_weight_decay_override_reaches_the_model():
+    config = training.resolve_config("cifar10-fast", ["train.bn_weight_decay=5e-4"])
+    model = training.build_model(config, num_classes=10, image_size=(32, 32))
+    assert model.get_layer("conv1_bn").gamma_regularizer.l2 == 2.5e-4
+    assert model.get_layer("conv4_block3").bn2.beta_regularizer.l2 == 2.5e-4
+    default = training.build_model(training.resolve_config("cifar10-fast"), num_classes=10,
+                                   image_size=(32, 32))
+    assert default.get_layer("conv4_block3").bn2.beta_regularizer is None
+
+
 def test_without_recipe_the_data_picks_it():
     config = training.resolve_config(None, data=str(CIFAR_DIR), epochs=5)
     assert config["recipe"]["name"] == "cifar10-fast" and config["train"]["epochs"] == 5

@@ -129,9 +129,10 @@ def test_evaluate_on_the_training_split(run):
     assert report["accuracy"] == pytest.approx(expected)
 
 
-def test_weight_ema_saves_the_averaged_weights(tmp_path):
-    """Two deterministic runs that differ only in `train.ema`: the raw trajectory (and so the
-    BN statistics) is the same, and the saved kernels are the moving average, not the last step."""
+def test_weight_ema_saves_the_averaged_weights_with_their_own_bn_statistics(tmp_path):
+    """Two deterministic runs that differ only in `train.ema`: the saved kernels are the moving
+    average, not the last step, and the BN statistics are re-estimated for them. A run killed
+    after its last checkpoint but before model.keras was written saves the same averages."""
     import keras_resnet  # noqa: F401  (registers the layers for loading)
 
     models = {}
@@ -140,11 +141,43 @@ def test_weight_ema_saves_the_averaged_weights(tmp_path):
                      "--set", "train.deterministic=true", "--set", f"train.ema={ema}",
                      "--set", "train.ema_momentum=0.9", "--output", str(tmp_path / ema))
         assert result.returncode == 0, result.stderr[-3000:]
+        assert ("Re-estimated the BN statistics" in result.stdout) == (ema == "true")
         models[ema] = keras.models.load_model(tmp_path / ema / "model.keras")
-    plain, averaged = (models[k].get_layer("conv1_bn") for k in ("false", "true"))
-    np.testing.assert_array_equal(plain.moving_mean.numpy(), averaged.moving_mean.numpy())
-    plain, averaged = (models[k].get_layer("predictions") for k in ("false", "true"))
-    assert not np.allclose(plain.kernel.numpy(), averaged.kernel.numpy(), atol=1e-4)
+    plain, averaged = (models[k].get_layer("predictions").kernel.numpy() for k in ("false", "true"))
+    assert not np.allclose(plain, averaged, atol=1e-4)
+    plain_bn, averaged_bn = (models[k].get_layer("conv1_bn").moving_mean.numpy() for k in ("false", "true"))
+    assert not np.allclose(plain_bn, averaged_bn, atol=1e-4)
+
+    (tmp_path / "true" / "model.keras").unlink()  # as if killed just before writing it
+    result = cli(*SMALL, "--epochs", "2", "--max-train-samples", "512", "--max-eval-samples", "100",
+                 "--set", "train.deterministic=true", "--set", "train.ema=true",
+                 "--set", "train.ema_momentum=0.9", "--output", str(tmp_path / "true"))
+    assert result.returncode == 0 and "Resuming from epoch 3" in result.stdout, result.stderr[-3000:]
+    again = keras.models.load_model(tmp_path / "true" / "model.keras").get_layer("predictions")
+    np.testing.assert_allclose(again.kernel.numpy(), averaged, atol=1e-6)
+
+
+def test_recalibrate_batch_norm_takes_the_mean_of_batch_statistics(cifar_images):
+    import tensorflow as tf
+
+    import keras_resnet as kr
+    from keras_resnet import training
+
+    model = kr.build(8, variant="cifar", normalization=([120.0] * 3, [64.0] * 3))
+    batches = [cifar_images[:8], cifar_images[8:14], cifar_images[14:]]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ((b, np.zeros(len(b))) for b in batches),
+        output_signature=(tf.TensorSpec([None, 32, 32, 3]), tf.TensorSpec([None])))
+    conv = keras.Model(model.input, model.get_layer("conv1_conv").output)
+    outputs = [conv(b).numpy().reshape(-1, 16).astype("float64") for b in batches]
+    bn = model.get_layer("conv1_bn")
+    assert training.recalibrate_batch_norm(model, dataset) == 3
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([o.mean(0) for o in outputs], 0),
+                               rtol=1e-4, atol=1e-5)
+    # The fused kernel keeps the unbiased batch variance.
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([o.var(0, ddof=1) for o in outputs], 0),
+                               rtol=1e-3)
+    assert bn.momentum == 0.9
 
 
 def test_class_count_mismatch_is_refused(run, tmp_path):
