@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from keras_resnet import specs, weights as weights_lib
-from keras_resnet.layers import BLOCKS, BatchNormalization, Preprocessing, channel_axis, l2
+from keras_resnet.layers import BLOCKS, Preprocessing, batch_norm, channel_axis, l2
 from keras_resnet.specs import ResNetSpec
 
 POOLINGS = (None, "avg", "max")
@@ -144,7 +144,7 @@ def _stem(x, spec: ResNetSpec, conv_kwargs: dict, bn_kwargs: dict):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="valid" if stride > 1 else "same",
                           use_bias=spec.preact and last, name=f"{prefix}_conv", **conv_kwargs)(x)
         if not (spec.preact and last):
-            x = BatchNormalization(name=f"{prefix}_bn", **bn_kwargs)(x)
+            x = batch_norm(f"{prefix}_bn", **bn_kwargs)(x)
             x = layers.Activation("relu", name=f"{prefix}_relu")(x)
     if spec.stem != "cifar":
         x = layers.ZeroPadding2D(1, data_format=data_format, name="pool1_pad")(x)
@@ -203,8 +203,8 @@ def build_from_spec(
 
     conv_kwargs = dict(kernel_initializer="he_normal", kernel_regularizer=l2(weight_decay),
                        data_format=data_format)
-    bn_kwargs = dict(axis=channel_axis(data_format), momentum=bn_momentum, epsilon=bn_epsilon,
-                     gamma_regularizer=l2(bn_weight_decay), beta_regularizer=l2(bn_weight_decay))
+    bn_kwargs = dict(data_format=data_format, momentum=bn_momentum, epsilon=bn_epsilon,
+                     weight_decay=bn_weight_decay)
     x = _stem(x, spec, conv_kwargs, bn_kwargs)
 
     stride = 1 if spec.stem == "cifar" else 4
@@ -230,7 +230,7 @@ def build_from_spec(
             features[stride] = x
             block_index += 1
     if spec.preact:
-        x = BatchNormalization(name="post_bn", **bn_kwargs)(x)
+        x = batch_norm("post_bn", **bn_kwargs)(x)
         x = layers.Activation("relu", name="post_relu")(x)
         features[stride] = x
 

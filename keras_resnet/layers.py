@@ -31,6 +31,15 @@ def l2(weight_decay: float) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 
+def batch_norm(name: str, *, data_format: str, momentum: float, epsilon: float,
+               weight_decay: float = 0.0, zero_gamma: bool = False) -> "BatchNormalization":
+    """The package's BN layer over the channel axis; `weight_decay` decays gamma/beta (see `l2`)."""
+    return BatchNormalization(
+        axis=channel_axis(data_format), momentum=momentum, epsilon=epsilon,
+        gamma_initializer="zeros" if zero_gamma else "ones", gamma_regularizer=l2(weight_decay),
+        beta_regularizer=l2(weight_decay), name=name)
+
+
 def preprocess_input(x: Any, mode: str = "caffe", data_format: str | None = None) -> Any:
     """Map RGB pixels in [0, 255] to what a model trained with `mode` expects.
 
@@ -203,11 +212,8 @@ class ResidualBlock(layers.Layer):
             kernel_regularizer=l2(self.weight_decay), name=name)
 
     def _bn(self, name: str, zero: bool = False) -> BatchNormalization:
-        return BatchNormalization(
-            axis=channel_axis(self.data_format), momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, gamma_initializer="zeros" if zero else "ones",
-            gamma_regularizer=l2(self.bn_weight_decay), beta_regularizer=l2(self.bn_weight_decay),
-            name=name)
+        return batch_norm(name, data_format=self.data_format, momentum=self.bn_momentum,
+                          epsilon=self.bn_epsilon, weight_decay=self.bn_weight_decay, zero_gamma=zero)
 
     def _pad(self, stride: int, name: str) -> layers.ZeroPadding2D | None:
         return layers.ZeroPadding2D(1, data_format=self.data_format, name=name) if stride > 1 else None
