@@ -28,6 +28,8 @@ def channel_axis(data_format: str) -> int:
 
 def l2(weight_decay: float) -> keras.regularizers.Regularizer | None:
     """Weight decay `wd` (SGD's meaning: gradient `wd * w`) as a Keras L2 penalty `wd/2 * w²`."""
+    if weight_decay < 0:
+        raise ValueError(f"Weight decay must be >= 0 (0 turns it off), got {weight_decay!r}.")
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 

@@ -59,6 +59,8 @@ def _check_value(section: str, key: str, value, default):
     if not ok:
         raise RecipeError(f"{section}.{key} must be a {type(default).__name__} (like {default!r}), "
                           f"got {value!r}.")
+    if key.endswith("weight_decay") and value < 0:
+        raise RecipeError(f"{section}.{key} must be >= 0 (0 turns it off), got {value!r}.")
     return value
 
 

@@ -120,6 +120,11 @@ def test_bn_weight_decay_penalizes_every_gamma_and_beta_and_survives_saving(tmp_
     assert float(sum(loaded.losses)) == pytest.approx(float(sum(model.losses)), rel=1e-6)
 
 
+def test_negative_weight_decay_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Weight decay must be >= 0.*got -0.001"):
+        kr.build(20, bn_weight_decay=-1e-3)
+
+
 def test_zero_init_residual_and_configurable_bn():
     model = kr.build(50, zero_init_residual=True, bn_momentum=0.99, bn_epsilon=1e-3)
     block = model.get_layer("conv2_block2")

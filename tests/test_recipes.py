@@ -48,6 +48,8 @@ def test_without_recipe_the_data_picks_it():
     (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"epoch": 3}}, "x"), r"unknown field train.epoch"),
     (lambda: recipes.merge(recipes.DEFAULTS, {"optim": {}}, "x"), r"unknown section \[optim\]"),
     (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"epochs": "ten"}}, "x"), r"train.epochs must be a int"),
+    (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"bn_weight_decay": -1e-4}}, "x"),
+     r"train.bn_weight_decay must be >= 0"),
     (lambda: recipes.parse_override("epochs=3"), r"section.field=value"),
     (lambda: training.resolve_config("cifar10-fast", bogus=1), r"Unknown option"),
     (lambda: training.resolve_precision("fp8"), r"train.precision"),

@@ -261,6 +261,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     (["--data", "/nonexistent/cifar"], "does not exist"),
     (["--recipe", "cifar10-slow"], "Unknown recipe 'cifar10-slow'"),
     (["--set", "train.epoch=3"], "unknown field train.epoch"),
+    (["--set", "train.weight_decay=-5e-4"], "train.weight_decay must be >= 0"),
     (["--data", "no_such_dataset_xyz"], "Unknown TFDS dataset 'no_such_dataset_xyz'"),
 ])
 def test_cli_user_errors(tmp_path, args, message):
