@@ -225,11 +225,20 @@ def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
 
 # -- the run ---------------------------------------------------------------------------------
 
-def _prepare_folder(folder: Path, config: dict, overwrite: bool) -> str:
-    """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`."""
+def _prepare_folder(folder: Path, config: dict, overwrite: bool, log: Callable[[str], None]) -> str:
+    """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`.
+
+    A run that stopped before its first checkpoint (a bad data path, a crash in epoch 1)
+    holds nothing to resume, so a different configuration simply replaces its config.json.
+    """
     if overwrite and folder.exists():
         shutil.rmtree(folder)
     saved = report.read_json(folder / "config.json")
+    if (saved is not None and saved != config and set(saved) == set(config)
+            and not checkpoints(folder / "checkpoints") and not (folder / "model.keras").exists()):
+        log(f"{folder}: its earlier run stopped before its first checkpoint; starting anew with "
+            "this configuration.")
+        saved = None
     if saved is not None and saved != config:
         changed = sorted(f"{s}.{k}" for s in config for k in config[s]
                          if saved.get(s, {}).get(k) != config[s][k])
@@ -267,7 +276,7 @@ def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/defaul
     chief = distribute.is_chief(strat)
     run_folder = Path(output)
     if chief:
-        state = _prepare_folder(run_folder, config, overwrite)
+        state = _prepare_folder(run_folder, config, overwrite, log)
     else:  # read the chief's folder, never write it
         metrics = report.read_json(run_folder / "metrics.json") or {}
         state = "complete" if metrics.get("status") == "complete" else "resume"

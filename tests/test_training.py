@@ -75,6 +75,21 @@ def test_different_configuration_is_refused(run):
     assert "--overwrite" in last_line(result)
 
 
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_fix(tmp_path):
+    folder = tmp_path / "out"
+    rest = ["--epochs", "1", "--max-train-samples", "256", "--max-eval-samples", "100",
+            "--set", "train.validate_every=0", "--output", str(folder)]
+    typo = [str(tmp_path / "cifar") if a == str(CIFAR_DIR) else a for a in SMALL]
+    failed = cli(*typo, *rest)
+    assert failed.returncode == 2 and "does not exist" in last_line(failed)
+    assert (folder / "config.json").is_file()  # the failed start had written its configuration
+    fixed = cli(*SMALL, *rest)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "stopped before its first checkpoint; starting anew" in fixed.stdout
+    assert json.loads((folder / "config.json").read_text())["data"]["name"] == str(CIFAR_DIR)
+    assert json.loads((folder / "metrics.json").read_text())["epochs_completed"] == 1
+
+
 def test_evaluate_and_predict(run):
     folder, _ = run
     result = cli("evaluate", str(folder / "model.keras"), "--data", str(CIFAR_DIR),
