@@ -14,8 +14,8 @@ copy: `<split>/<class>/NNNN.png`, numbered per class in batch order.
 
 The tarball is checked against the registry's published SHA-1 before anything is written.
 `--compare` matches every image with the JPEG copy's file of the same name and prints the
-per-pixel RMSE (0-255 scale) between them, overall and for the worst image, which shows that the two are the same images
-in the same order and how much the JPEG pass changed them.
+per-pixel RMSE (0-255 scale) between them, overall and for the worst image: that shows the
+two are the same images in the same order, and how much the JPEG pass changed them.
 """
 
 from __future__ import annotations
