@@ -1,0 +1,522 @@
+"""Weight files in other layouts -> this package's variables, checked before assigned.
+
+Layouts (`Checkpoint.layout`):
+- "torch": torchvision's and timm's ResNet state dicts (plain, ResNet-D, SE, ResNeXt,
+  wide), from `.safetensors` (parsed here with NumPy) or `.pth`/`.pt` (PyTorch needed).
+- "keras_applications": keras.applications ResNet/ResNetV2 legacy HDF5 files.
+- "keras_resnet": keras-resnet 0.1/0.2 legacy HDF5 files, keras-retinanet's backbones
+  (`conv1`, `bn_conv1`, `res2a_branch2a`, ...; Caffe-style `scale*` layers allowed).
+- "native": `.weights.h5` saved by this package.
+
+Every array is matched to a variable and shape-checked, and every entry of the file is
+accounted for, before the first variable is written. What differs exactly is folded: a
+conv bias into the following BN's moving mean, a different BN epsilon into the moving
+variance, a separate scale layer into gamma and beta.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+
+import h5py
+import keras
+import numpy as np
+
+from keras_resnet import registry, specs
+from keras_resnet.layers import BottleneckBlock, ResidualBlock
+
+TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d
+KERAS_APPLICATIONS_BN_EPSILON = 1.001e-5
+KERAS_RESNET_BN_EPSILON = 1e-5  # keras-resnet >= 0.1 (earlier convs carried biases)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+# safetensors dtype -> NumPy dtype (little-endian); BF16 is widened to float32.
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
+                       "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+# Block sub-layer -> keras.applications suffix, in load order (each conv before its BN).
+_KERAS_APPLICATIONS_NAMES = {
+    "preact_bn": "preact_bn", "shortcut_conv": "0_conv", "shortcut_bn": "0_bn",
+    "conv1": "1_conv", "bn1": "1_bn", "conv2": "2_conv", "bn2": "2_bn", "conv3": "3_conv", "bn3": "3_bn"}
+# Block sub-layer -> keras-resnet (Caffe) branch name, in load order.
+_KERAS_RESNET_NAMES = {
+    "shortcut_conv": "res{}_branch1", "shortcut_bn": "bn{}_branch1", "conv1": "res{}_branch2a",
+    "bn1": "bn{}_branch2a", "conv2": "res{}_branch2b", "bn2": "bn{}_branch2b",
+    "conv3": "res{}_branch2c", "bn3": "bn{}_branch2c"}
+# Stem layer -> torchvision/timm module (timm's deep stem is a Sequential).
+_TORCH_STEM = {"conv1_conv": "conv1", "conv1_bn": "bn1", "conv1_1_conv": "conv1.0",
+               "conv1_1_bn": "conv1.1", "conv1_2_conv": "conv1.3", "conv1_2_bn": "conv1.4",
+               "conv1_3_conv": "conv1.6", "conv1_3_bn": "bn1"}
+_BLOCK_NAME = re.compile(r"conv(\d+)_block(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A weight file, read: its layout, arrays and what its BN layers were trained with.
+
+    `arrays` is {key: array} for "torch" and {layer name: [arrays]} for the HDF5 layouts;
+    `layer_names` lists every layer of an HDF5 file, weightless ones included; `stem` is
+    the padding of keras-resnet's `conv1` and `pool1` ("same" or "valid").
+    """
+
+    path: str
+    layout: str
+    arrays: dict = dataclasses.field(repr=False)
+    bn_epsilon: float | None
+    layer_names: tuple[str, ...] = ()
+    stem: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def variant(self) -> str | None:
+        """The variant the file's layout implies (None: v1.5 or v1d, or any for native)."""
+        if self.layout == "keras_applications":
+            return "v2" if any(n.endswith("_preact_bn") for n in self.arrays) else "v1"
+        return "v1" if self.layout == "keras_resnet" else None
+
+    @property
+    def preprocessing(self) -> str:
+        """The `preprocess_input` mode the weights expect."""
+        if self.layout == "keras_applications":
+            return "tf" if self.variant == "v2" else "caffe"
+        return "caffe" if self.layout == "keras_resnet" else "torch"
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of the file's classifier (None: no classifier, or not readable)."""
+        head = {"torch": "fc.weight", "keras_applications": "predictions", "keras_resnet": "fc1000"}
+        array = self.arrays.get(head.get(self.layout))
+        if array is None:
+            return None
+        return array.shape[0] if self.layout == "torch" else array[0].shape[-1]
+
+
+# -- reading -----------------------------------------------------------------------------
+def read(path: str | os.PathLike) -> Checkpoint:
+    """Read a weight file (layout chosen by suffix and, for HDF5, by its layer names)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Weights file {path!r} not found. Pass weights=None, a registry tag (see "
+            "keras_resnet.list_weights()), 'imagenet', a .safetensors/.pth state dict, a "
+            "keras.applications or keras-resnet .h5 file, or a .weights.h5 saved by keras_resnet.")
+    if path.endswith(".weights.h5"):
+        return Checkpoint(path, "native", {}, None)
+    if path.endswith(".safetensors"):
+        return Checkpoint(path, "torch", _strip_prefix(read_safetensors(path)), TORCH_BN_EPSILON)
+    if path.endswith(TORCH_SUFFIXES):
+        return Checkpoint(path, "torch", _strip_prefix(_read_torch(path)), TORCH_BN_EPSILON)
+    return _read_legacy_h5(path)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """{name: array} of a `.safetensors` file, without PyTorch (format: 8-byte header
+    length, JSON header of dtype/shape/byte offsets, then the data)."""
+    def corrupt(detail: str) -> ValueError:
+        return ValueError(f"{path!r} is truncated or corrupt ({detail}); download or save it again.")
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise corrupt("shorter than the 8-byte header length")
+    size = int.from_bytes(raw[:8], "little")
+    if size > len(raw) - 8:
+        raise corrupt(f"header of {size} bytes in a file of {len(raw)}")
+    try:
+        header = json.loads(raw[8:8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise corrupt(f"unreadable header: {err}") from None
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object")
+    data = memoryview(raw)[8 + size:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
+        except (KeyError, TypeError, ValueError):
+            raise corrupt(f"bad header entry for {name!r}") from None
+        if not 0 <= begin <= end <= len(data) or end - begin != math.prod(shape) * np_dtype.itemsize:
+            raise corrupt(f"tensor {name!r} needs bytes {begin}..{end} of {len(data)}")
+        array = np.frombuffer(data, np_dtype, math.prod(shape), begin).reshape(shape)
+        if dtype == "BF16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        out[name] = array
+    return out
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"Reading {path!r} needs PyTorch: pip install 'keras-resnet-family[torch]' (or "
+            "save the state dict as .safetensors, which loads without it).") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and storage errors come as several types
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path!r} is truncated or corrupt, or not a PyTorch state dict "
+                         f"({detail}); download or save it again.") from None
+    for key in ("state_dict", "model"):  # training checkpoints wrap the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefix(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop the "module." prefix DataParallel training adds to every key."""
+    if arrays and all(k.startswith("module.") for k in arrays):
+        return {k.removeprefix("module."): v for k, v in arrays.items()}
+    return arrays
+
+
+def _read_legacy_h5(path: str) -> Checkpoint:
+    """A legacy Keras HDF5 weights (or whole-model) file, keras.applications or keras-resnet."""
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" not in group.attrs:
+                raise ValueError(f"{path!r} is not a legacy Keras HDF5 weights file (no layer_names); "
+                                 "expected a keras.applications or keras-resnet ResNet file.")
+            names = tuple(_text(n) for n in group.attrs["layer_names"])
+            arrays = {}
+            for name in names:
+                weight_names = [_text(w) for w in group[name].attrs.get("weight_names", [])]
+                if weight_names:
+                    arrays[name] = [np.asarray(group[name][w]) for w in weight_names]
+            config = f.attrs.get("model_config")
+    except OSError as err:
+        raise ValueError(f"Cannot read {path!r} as an HDF5 weights file: {err}") from err
+    layers = _config_layers(config)
+    if "conv1_conv" in names or any(n.endswith("_preact_bn") for n in names):
+        return Checkpoint(path, "keras_applications", arrays, KERAS_APPLICATIONS_BN_EPSILON, names)
+    if "bn_conv1" not in names:
+        raise ValueError(f"{path!r} holds no ResNet layout this package reads: expected keras.applications "
+                         "layer names (conv1_conv, ...) or keras-resnet ones (conv1, bn_conv1, ...).")
+    epsilon = layers.get("bn_conv1", {}).get("epsilon")
+    if epsilon is None:
+        if len(arrays.get("conv1", [])) > 1:
+            raise ValueError(
+                f"{path!r} comes from keras-resnet before 0.1 (its convs carry biases) and does not "
+                "record its BN epsilon; load it with that package and save it whole (model.save) first.")
+        epsilon = KERAS_RESNET_BN_EPSILON
+    stem = {"conv1": layers.get("conv1", {}).get("padding", "valid" if "padding_conv1" in names else "same"),
+            "pool1": layers.get("pool1", {}).get("padding", "same")}
+    return Checkpoint(path, "keras_resnet", arrays, float(epsilon), names, stem)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _config_layers(config) -> dict[str, dict]:
+    """{layer name: layer config} from a whole-model file's `model_config` ({} if none)."""
+    if config is None:
+        return {}
+    try:
+        layers = json.loads(_text(config))["config"]["layers"]
+        return {layer["config"]["name"]: layer["config"] for layer in layers}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+# -- matching a file to the registry ------------------------------------------------------
+def _torch_signature(shapes: dict[str, tuple]) -> tuple | None:
+    """What a torchvision/timm state dict says about its architecture."""
+    if "layer1.0.conv1.weight" not in shapes:
+        return None
+    repeats = tuple(len({k.split(".")[1] for k in shapes if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    bottleneck = "layer1.0.conv3.weight" in shapes
+    conv2 = shapes["layer1.0.conv2.weight"] if bottleneck else (64, 64)
+    se = shapes.get("layer1.0.se.fc1.weight")
+    return (repeats, bottleneck, "conv1.0.weight" in shapes, conv2[0], conv2[0] // conv2[1],
+            round(se[0] / se[1], 4) if se else None)
+
+
+def _entry_signature(entry: registry.ModelEntry) -> tuple | None:
+    if entry.variant not in ("v1.5", "v1d"):
+        return None
+    block, repeats = specs.IMAGENET_DEPTHS[entry.depth]
+    bottleneck = block == "bottleneck"
+    return (repeats, bottleneck, entry.variant == "v1d",
+            entry.width_per_group * entry.groups if bottleneck else 64, entry.groups,
+            round(entry.se_ratio, 4) if entry.se_ratio else None)
+
+
+def fitting_models(checkpoint: Checkpoint) -> list[str]:
+    """Registry names whose architecture a torchvision/timm state dict fits."""
+    if checkpoint.layout != "torch":
+        return []
+    signature = _torch_signature({k: v.shape for k, v in checkpoint.arrays.items()})
+    return [name for name, entry in registry.MODELS.items()
+            if signature is not None and _entry_signature(entry) == signature]
+
+
+# -- loading -----------------------------------------------------------------------------
+Plan = list[tuple[keras.Variable, np.ndarray]]
+
+
+def plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    """(variable, array) for every variable of `model`, every entry of the file used:
+    what `load` assigns, or the refusal naming the first mismatch. Not for "native"."""
+    return {"torch": _torch_plan, "keras_applications": _keras_applications_plan,
+            "keras_resnet": _keras_resnet_plan}[checkpoint.layout](model, checkpoint)
+
+
+def load(model: keras.Model, checkpoint: Checkpoint) -> None:
+    """Load `checkpoint` into `model` exactly, or raise and assign nothing."""
+    if checkpoint.layout == "native":
+        _load_native(model, checkpoint.path)
+        return
+    for variable, array in plan(model, checkpoint):
+        variable.assign(array.astype(keras.backend.standardize_dtype(variable.dtype), copy=False))
+
+
+def _has_top(model: keras.Model) -> bool:
+    return any(layer.name == "predictions" for layer in model.layers)
+
+
+def _blocks(model: keras.Model):
+    """(stage, block index, layer) of every residual block, numbered as the layer names."""
+    for layer in model.layers:
+        match = _BLOCK_NAME.match(layer.name)
+        if isinstance(layer, ResidualBlock) and match:
+            yield int(match[1]), int(match[2]), layer
+
+
+def _require_stride_on(model: keras.Model, checkpoint: Checkpoint, stride_on: str, what: str) -> None:
+    """State dicts do not record where a bottleneck strides; the model must match the source."""
+    for _, _, block in _blocks(model):
+        if block.preact or (isinstance(block, BottleneckBlock) and block.stride_on != stride_on):
+            kind = "pre-activation (v2)" if block.preact else f"strides on the {block.stride_on} (v1)"
+            raise ValueError(f"{checkpoint.path!r} holds {what}, but this model {kind}: build a "
+                             f"matching variant or use weights saved for this one.")
+
+
+def _fold_epsilon(variance: np.ndarray, source: float, layer, where: str) -> np.ndarray:
+    variance = variance + (source - layer.epsilon)
+    if (variance < 0).any():
+        raise ValueError(f"{where}: bn_epsilon={layer.epsilon} is larger than the file's {source} by more "
+                         f"than a variance, so it cannot fold exactly; build with bn_epsilon={source}.")
+    return variance
+
+
+def _torch_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    arrays, path = checkpoint.arrays, checkpoint.path
+    _require_stride_on(model, checkpoint, "3x3", "a torchvision/timm network (v1.5: strides on the 3x3)")
+    plan: Plan = []
+    used: set[str] = set()
+
+    def refuse(key: str, what: str) -> ValueError:
+        fits = fitting_models(checkpoint)
+        hint = f"It fits: {', '.join(fits)}." if fits else "No registry model fits it."
+        return ValueError(f"Weights file {path!r} does not fit this model at key {key!r}: {what}. {hint}")
+
+    def take(key: str, variable, transform=lambda a: a, torch_shape=tuple):
+        if key not in arrays:
+            raise refuse(key, f"missing from the file (the model expects shape {torch_shape(variable.shape)})")
+        array = transform(arrays[key])
+        if array.shape != tuple(variable.shape):
+            raise refuse(key, f"the file has shape {arrays[key].shape}, the model expects "
+                              f"{torch_shape(variable.shape)}")
+        used.add(key)
+        plan.append((variable, array))
+
+    def conv(layer, key):
+        take(f"{key}.weight", layer.kernel, lambda a: a.transpose(2, 3, 1, 0),
+             lambda s: (s[3], s[2], s[0], s[1]))
+        if layer.use_bias:
+            take(f"{key}.bias", layer.bias)
+
+    def bn(layer, key):
+        take(f"{key}.weight", layer.gamma)
+        take(f"{key}.bias", layer.beta)
+        take(f"{key}.running_mean", layer.moving_mean)
+        take(f"{key}.running_var", layer.moving_variance,
+             lambda a: _fold_epsilon(a, checkpoint.bn_epsilon, layer, f"{path!r} at {key}"))
+        used.add(f"{key}.num_batches_tracked")
+
+    def either(layer, key):
+        (bn if isinstance(layer, keras.layers.BatchNormalization) else conv)(layer, key)
+
+    blocks = {id(layer): (s, b) for s, b, layer in _blocks(model)}
+    for layer in model.layers:
+        if layer.name in _TORCH_STEM:
+            either(layer, _TORCH_STEM[layer.name])
+        elif id(layer) in blocks:
+            s, b = blocks[id(layer)]
+            prefix = f"layer{s - 1}.{b - 1}"
+            for attr in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
+                if getattr(layer, attr, None) is not None:
+                    either(getattr(layer, attr), f"{prefix}.{attr}")
+            if getattr(layer, "shortcut_conv", None) is not None:
+                index = 1 if layer.shortcut_kind == "avgpool" else 0  # timm: (pool, conv, bn)
+                conv(layer.shortcut_conv, f"{prefix}.downsample.{index}")
+                bn(layer.shortcut_bn, f"{prefix}.downsample.{index + 1}")
+            if getattr(layer, "se", None) is not None:
+                conv(layer.se.reduce, f"{prefix}.se.fc1")
+                conv(layer.se.expand, f"{prefix}.se.fc2")
+        elif layer.name == "predictions":
+            take("fc.weight", layer.kernel, lambda a: a.T, lambda s: (s[1], s[0]))
+            take("fc.bias", layer.bias)
+        elif layer.weights:
+            raise refuse(layer.name, "this layer has no counterpart in torchvision's or timm's layout")
+    ignored = set() if _has_top(model) else {"fc.weight", "fc.bias"}
+    extra = [k for k in arrays if k not in used and k not in ignored and not k.endswith("num_batches_tracked")]
+    if extra:
+        raise refuse(extra[0], f"in the file (shape {arrays[extra[0]].shape}), not in this model")
+    return plan
+
+
+def _keras_applications_targets(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, ResidualBlock):
+            out += [(f"{layer.name}_{suffix}", getattr(layer, attr))
+                    for attr, suffix in _KERAS_APPLICATIONS_NAMES.items()
+                    if getattr(layer, attr, None) is not None]
+        elif layer.weights:
+            out.append((layer.name, layer))
+    return out
+
+
+def _keras_applications_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    if checkpoint.variant == "v1":
+        _require_stride_on(model, checkpoint, "1x1", "keras.applications ResNet v1 weights (stride on the 1x1)")
+    return _legacy_plan(model, checkpoint, _keras_applications_targets(model), "predictions")
+
+
+def _keras_resnet_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    _require_stride_on(model, checkpoint, "1x1", "keras-resnet weights (v1: stride on the 1x1)")
+    names = set(checkpoint.layer_names)
+    stem = {"conv1_conv": "conv1", "conv1_bn": "bn_conv1", "predictions": "fc1000"}
+    blocks = {id(layer): (s, b) for s, b, layer in _blocks(model)}
+    targets = []
+    for layer in model.layers:
+        if id(layer) in blocks:
+            s, b = blocks[id(layer)]
+            letter = chr(ord("a") + b - 1)
+            # ResNet-101/152 number their blocks after the first (res4b1, res4b2, ...), as Caffe did.
+            block = next((c for c in (letter, f"b{b - 1}") if f"res{s}{c}_branch2a" in names), letter)
+            targets += [(pattern.format(f"{s}{block}"), getattr(layer, attr))
+                        for attr, pattern in _KERAS_RESNET_NAMES.items() if getattr(layer, attr, None) is not None]
+        elif layer.weights:
+            targets.append((stem.get(layer.name, layer.name), layer))
+    return _legacy_plan(model, checkpoint, targets, "fc1000")
+
+
+def _mismatch(path: str, name: str, what: str) -> ValueError:
+    return ValueError(f"Weights file {path!r} does not fit this model at layer {name!r}: {what}. "
+                      "It was saved for another architecture (depth, variant, include_top or classes).")
+
+
+def _legacy_plan(model: keras.Model, checkpoint: Checkpoint, targets, head: str) -> Plan:
+    """Plan for a legacy HDF5 file: `targets` lists (file layer name, our layer), each conv
+    before the BN that absorbs its bias; "bn*" layers may have a "scale*" partner."""
+    source, path = checkpoint.arrays, checkpoint.path
+    plan: Plan = []
+    used: set[str] = set()
+    pending_bias = None  # bias of a conv whose bias-free counterpart feeds the next BN
+
+    def put(variable, array, name):
+        if tuple(variable.shape) != array.shape:
+            raise _mismatch(path, name, f"file has shape {array.shape}, model {tuple(variable.shape)}")
+        plan.append((variable, array))
+
+    for name, layer in targets:
+        if name not in source:
+            raise _mismatch(path, name, "the file has no such layer")
+        arrays = source[name]
+        used.add(name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if len(arrays) not in (2, 4):
+                raise _mismatch(path, name, f"expected 4 BN arrays (2 beside a scale layer), file has {len(arrays)}")
+            channels = arrays[-1].shape
+            gamma, beta = (arrays[0], arrays[1]) if len(arrays) == 4 else (np.ones(channels), np.zeros(channels))
+            mean, variance = arrays[-2], arrays[-1]
+            scale = "scale" + name[2:] if name.startswith("bn") else None
+            if scale in source:  # Caffe's BatchNorm + Scale pair
+                used.add(scale)
+                s_gamma, s_beta = source[scale]
+                gamma, beta = s_gamma * gamma, s_gamma * beta + s_beta
+            if pending_bias is not None:
+                mean, pending_bias = mean - pending_bias, None
+            variance = _fold_epsilon(variance, checkpoint.bn_epsilon, layer, f"Layer {name!r}")
+            for variable, array in zip((layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance),
+                                       (gamma, beta, mean, variance)):
+                put(variable, np.asarray(array), name)
+            continue
+        if pending_bias is not None:
+            raise _mismatch(path, name, "the file has a bias with no BN to fold it into")
+        put(layer.kernel, arrays[0], name)
+        bias = arrays[1] if len(arrays) > 1 else None
+        if layer.use_bias:
+            if bias is None:
+                raise _mismatch(path, name, "the model has a bias the file lacks")
+            put(layer.bias, bias, name)
+        elif bias is not None:
+            if not isinstance(layer, keras.layers.Conv2D):
+                raise _mismatch(path, name, "the file has a bias with no BN to fold it into")
+            pending_bias = bias
+    if pending_bias is not None:
+        raise _mismatch(path, targets[-1][0], "the file has a bias with no BN to fold it into")
+    ignorable = set() if _has_top(model) else {head}
+    extra = [n for n in source if n not in used and n not in ignorable]
+    if extra:
+        raise _mismatch(path, extra[0], "the file has this layer, the model does not")
+    return plan
+
+
+def _weight_inventory(path) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """{top-level entry: [(variable path, shape)]} of a `.weights.h5`, optimizer excluded."""
+    found: dict[str, list] = {}
+
+    def visit(name, obj):
+        parts = name.split("/")
+        if isinstance(obj, h5py.Dataset) and parts[0] == "layers":
+            found.setdefault("/".join(parts[:2]), []).append((name, obj.shape))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return {key: sorted(items) for key, items in found.items()}
+
+
+def _file_keys(model: keras.Model) -> dict[str, str]:
+    """{file entry: layer name}: Keras keys a model's layers by snake-cased class + counter."""
+    counts: dict[str, int] = {}
+    keys = {}
+    for layer in model.layers:
+        base = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2",
+                      re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)).lower()
+        counts[base] = counts.get(base, -1) + 1
+        keys[f"layers/{base}" + (f"_{counts[base]}" if counts[base] else "")] = layer.name
+    return keys
+
+
+def _load_native(model: keras.Model, path: str) -> None:
+    """Load a `.weights.h5` after checking it holds exactly this model's variables."""
+    with tempfile.TemporaryDirectory() as tmp:
+        expected_path = os.path.join(tmp, "expected.weights.h5")
+        model.save_weights(expected_path)
+        expected = _weight_inventory(expected_path)
+    try:
+        found = _weight_inventory(path)
+    except OSError as err:
+        raise ValueError(f"Cannot read {path!r} as a .weights.h5 file: {err}") from err
+    names = _file_keys(model)
+    for key in [*names, *found]:  # model order first, then entries only the file has
+        if expected.get(key) != found.get(key):
+            want = [shape for _, shape in expected.get(key, [])]
+            got = [shape for _, shape in found.get(key, [])]
+            raise _mismatch(path, names.get(key, key.removeprefix("layers/")),
+                            f"model expects variables {want or 'none'}, file has {got or 'none'}")
+    model.load_weights(path)
