@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import keras
 from keras import ops
@@ -117,3 +118,26 @@ def make_schedule(kind: str, *, lr: float, steps_per_epoch: int, epochs: int,
         return OneCycle(lr, total, **{k: kwargs[k] for k in ("pct_start", "div_factor", "final_div")
                                       if k in kwargs})
     raise ValueError(f"Unknown schedule {kind!r}; use one of {SCHEDULES}.")
+
+
+@register
+class ScaledSGD(keras.optimizers.SGD):
+    """SGD whose steps for some variables are scaled by `scale` (fine-tuning's lower backbone
+    learning rate). The gradients are scaled, which for SGD with (Nesterov) momentum is
+    exactly the same as scaling those variables' learning rate; weight decay applied as an
+    L2 loss is scaled with them, as a per-parameter learning rate would."""
+
+    def __init__(self, *args, scaled_paths: Sequence[str] = (), scale: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaled_paths, self.scale = tuple(scaled_paths), scale
+
+    def apply(self, grads, trainable_variables=None):
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        scaled = set(self.scaled_paths)
+        grads = [g * self.scale if g is not None and v.path in scaled else g
+                 for g, v in zip(grads, variables)]
+        return super().apply(grads, trainable_variables)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "scaled_paths": list(self.scaled_paths), "scale": self.scale}
+

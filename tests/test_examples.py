@@ -55,7 +55,7 @@ def test_python_and_folder_training_scripts(tmp_path):
     assert "airplane" in result.stdout
 
 
-def test_finetune_with_frozen_bn_from_a_keras_applications_file(tmp_path):
+def test_finetune_job_from_a_keras_applications_file(tmp_path):
     import h5py
     import keras
     from keras.src.legacy.saving import legacy_h5_format
@@ -64,7 +64,8 @@ def test_finetune_with_frozen_bn_from_a_keras_applications_file(tmp_path):
     weights = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     with h5py.File(weights, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, reference)
-    result = run_example("examples/finetune_frozen_bn.py", str(CIFAR_DIR), "--weights", str(weights),
-                         "--size", "64", "--epochs", "1", "--max-train-samples", "100")
+    result = run_example("examples/finetune.py", str(CIFAR_DIR), "--weights", str(weights),
+                         "--size", "64", "--epochs", "2", "--head-epochs", "1", "--max-train-samples", "100",
+                         "--output", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout

@@ -1,0 +1,150 @@
+"""Fine-tuning as a job: `train --recipe finetune --weights MODEL` on real CIFAR-10 images,
+frozen parts that stay bit-identical (through a kill -9 and resume), the lower backbone
+learning rate, and the run folder's export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import CIFAR_DIR, ROOT, cli, last_line
+from keras_resnet import finetune, schedules
+
+FIVE = '["dog", "frog", "horse", "ship", "truck"]'
+
+
+def finetune_args(weights, output, *extra):
+    return ["train", "--recipe", "finetune", "--weights", str(weights), "--data", str(CIFAR_DIR),
+            "--depth", "8", "--variant", "cifar", "--epochs", "4", "--max-train-samples", "500",
+            "--max-eval-samples", "100", "--precision", "float32",
+            "--set", f"data.classes={FIVE}", "--set", "train.head_epochs=2",
+            "--set", "train.validate_every=0", *extra, "--output", str(output)]
+
+
+def backbone_arrays(path) -> dict[str, np.ndarray]:
+    """Every variable of a model file's backbone (all but the head), by path."""
+    model = keras.models.load_model(path)
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights
+            if not v.path.startswith("predictions/")}
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(trained_run, tmp_path_factory):
+    """Fine-tune the session's trained ResNet-8 on five other classes: killed (SIGKILL) in
+    its second phase, then resumed to the end by the same command."""
+    pretrained = trained_run[0] / "model.keras"
+    output = tmp_path_factory.mktemp("finetune") / "run"
+    args = [sys.executable, "-m", "keras_resnet.cli", *finetune_args(pretrained, output)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill in phase "all" (epochs 3-4), after epoch 3
+        try:
+            if json.loads((output / "metrics.json").read_text())["epochs_completed"] >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output / "model.keras").exists()
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return pretrained, output, resumed
+
+
+def test_finetune_run_folder_is_complete_with_the_new_classes(killed_and_resumed):
+    _, output, resumed = killed_and_resumed
+    assert "Resuming from epoch" in resumed.stdout
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and len(metrics["history"]["loss"]) == 4
+    assert metrics["class_names"] == json.loads(FIVE)
+    model = keras.models.load_model(output / "model.keras")
+    assert model.output_shape == (None, 5) and model.name == "resnet8_cifar_finetuned"
+    losses = metrics["history"]["loss"]
+    assert losses[-1] < losses[0] and metrics["eval"]["num_images"] == 100  # it learned
+
+
+def test_frozen_bn_statistics_and_weights_are_bit_identical_after_kill_and_resume(killed_and_resumed):
+    pretrained, output, _ = killed_and_resumed
+    before, after = backbone_arrays(pretrained), backbone_arrays(output / "model.keras")
+    assert before.keys() == after.keys()
+    bn = [k for k in before if k.split("/")[-1] in ("gamma", "beta", "moving_mean", "moving_variance")]
+    convs = [k for k in before if k.endswith("kernel")]
+    assert len(bn) == 4 * 7 and len(convs) == 7
+    for key in bn:  # model.freeze_bn (the recipe's default): statistics and γ/β never move
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    assert all(not np.array_equal(after[k], before[k]) for k in convs)  # phase "all" trained them
+
+
+def test_the_head_phase_leaves_the_whole_backbone_untouched(trained_run, tmp_path):
+    from keras_resnet import training
+
+    pretrained = trained_run[0] / "model.keras"
+    output = tmp_path / "run"  # 2 head epochs and 1 more: epoch 2's checkpoint ends the head phase
+    result = cli(*finetune_args(pretrained, output)[:-2], "--epochs", "3", "--output", str(output),
+                 timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((output / "config.json").read_text())
+    model = finetune.build_pretrained(config, num_classes=5, image_size=(32, 32))
+    training.compile_model(model, config, steps_per_epoch=7, phase=finetune.phases(config)[0])
+    model.optimizer.build(model.trainable_variables)  # the head phase's optimizer, as resume does
+    model.load_weights(output / "checkpoints" / "epoch-0002.weights.h5")
+    before = backbone_arrays(pretrained)
+    for v in model.weights:
+        if not v.path.startswith("predictions/"):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), before[v.path], err_msg=v.path)
+    assert [v.path for v in model.trainable_weights] == ["predictions/kernel", "predictions/bias"]
+
+
+def test_unfrozen_bn_moves_when_the_recipe_says_so(trained_run, tmp_path):
+    pretrained = trained_run[0] / "model.keras"
+    output = tmp_path / "run"
+    result = cli(*finetune_args(pretrained, output, "--set", "model.freeze_bn=false")[:-2], "--epochs", "3",
+                 "--output", str(output), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = backbone_arrays(pretrained), backbone_arrays(output / "model.keras")
+    moving = [k for k in before if k.endswith("moving_mean")]
+    assert moving and all(not np.array_equal(after[k], before[k]) for k in moving)
+
+
+def test_finetuned_model_exports_like_any_other(killed_and_resumed, tmp_path):
+    _, output, _ = killed_and_resumed
+    result = cli("export", str(output / "model.keras"), "--format", "tflite",
+                 "--output", str(tmp_path / "ft.tflite"), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["rows"]
+    assert rows[0]["top1_agreement"] == 1.0 and (tmp_path / "ft.tflite").stat().st_size > 0
+
+
+def test_scaled_sgd_scales_the_steps_of_the_backbone_exactly():
+    a, b = keras.Variable(np.ones(3, "float32"), name="a"), keras.Variable(np.ones(3, "float32"), name="b")
+    opt = schedules.ScaledSGD(0.5, momentum=0.9, nesterov=True, scaled_paths=[a.path], scale=0.1)
+    grads = [keras.ops.convert_to_tensor(np.array([1.0, -2.0, 3.0], "float32"))] * 2
+    for _ in range(3):  # momentum accumulates: still exactly 0.1x for every step
+        opt.apply(grads, [a, b])
+    step_a = 1 - keras.ops.convert_to_numpy(a)
+    step_b = 1 - keras.ops.convert_to_numpy(b)
+    np.testing.assert_allclose(step_a, 0.1 * step_b, rtol=1e-6)
+    assert schedules.ScaledSGD.from_config(opt.get_config()).scale == 0.1
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "train.head_epochs trains a new head on pretrained weights: give --weights"),
+    (["--weights", "WRONG"], "has no conv2_block2/conv1/kernel"),
+])
+def test_finetune_bad_input(trained_run, tmp_path, extra, message):
+    args = ["train", "--recipe", "finetune", "--data", str(CIFAR_DIR), "--depth", "14", "--variant", "cifar",
+            "--max-train-samples", "100", "--max-eval-samples", "50",
+            "--output", str(tmp_path / "out"), *extra]
+    args = [str(trained_run[0] / "model.keras") if a == "WRONG" else a for a in args]
+    result = cli(*args, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert message in last_line(result)
