@@ -1,7 +1,8 @@
 """keras_resnet: the ResNet family for Keras 3. Public API, re-exported."""
 
-from keras_resnet import layers, models
+from keras_resnet import layers, models, registry
 from keras_resnet.builder import build, build_from_spec
+from keras_resnet.features import feature_model, feature_tensor, pyramid_outputs
 from keras_resnet.layers import (
     BasicBlock,
     BatchNormalization,
@@ -13,10 +14,11 @@ from keras_resnet.layers import (
     ResidualBlock,
     SqueezeExcite,
     ZeroPadShortcut,
-    preprocess_input,
 )
+from keras_resnet.registry import list_models, list_weights
 from keras_resnet.specs import ResNetSpec, StageSpec, resnet_spec
 from keras_resnet.summary import count_macs, count_params, model_stats
+from keras_resnet.weights import load_weights, preprocess_input
 
 __version__ = "0.1.0"
 
@@ -24,7 +26,7 @@ __version__ = "0.1.0"
 # stays TensorFlow-free on the JAX and PyTorch backends.
 _LAZY = {"train": "training", "evaluate_model": "training", "benchmark": "training",
          "recipes": "recipes", "training": "training", "data": "data", "export": "exporter",
-         "exporter": "exporter", "parity": "parity"}
+         "exporter": "exporter", "parity": "parity", "evaluation": "evaluation"}
 
 
 def __getattr__(name: str):
@@ -47,6 +49,7 @@ __all__ = [
     "BasicBlock", "BatchNormalization", "BottleneckBlock", "DropPath", "PreActBasicBlock",
     "PreActBottleneckBlock", "Preprocessing", "ResNetSpec", "ResidualBlock", "SqueezeExcite",
     "StageSpec", "ZeroPadShortcut", "benchmark", "build", "build_from_spec", "count_macs",
-    "count_params", "custom_objects", "evaluate_model", "export", "layers", "model_stats", "models",
-    "preprocess_input", "resnet_spec", "train",
+    "count_params", "custom_objects", "evaluate_model", "export", "feature_model", "feature_tensor",
+    "layers", "list_models", "list_weights", "load_weights", "model_stats", "models",
+    "preprocess_input", "pyramid_outputs", "registry", "resnet_spec", "train",
 ]

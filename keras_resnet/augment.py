@@ -45,6 +45,9 @@ def build_augmenter(fields: dict, *, seed: int = 0, extra_layers: Sequence[Calla
     if unknown:
         raise ValueError(f"Unknown augment field(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}.")
     f = {**DEFAULTS, **fields}
+    if not 0 <= f["cutmix"] <= 1:  # Keras's CutMix refuses other factors with a message naming no field
+        raise ValueError(f"augment.cutmix must be in [0, 1] (Keras CutMix's factor; 0 turns it off), "
+                         f"got {f['cutmix']!r}.")
     image_layers: list[Callable] = []
     if f["flip"]:
         image_layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
@@ -56,8 +59,10 @@ def build_augmenter(fields: dict, *, seed: int = 0, extra_layers: Sequence[Calla
     if f["randaugment"]:
         image_layers.append(keras.layers.RandAugment(value_range=(0, 255), seed=seed + 3))
     if f["erasing"]:
-        image_layers.append(keras.layers.RandomErasing(factor=f["erasing"], value_range=(0, 255),
-                                                       seed=seed + 4))
+        # Keras's `factor=p` draws each image's probability from U(0, p) (a mean of p/2);
+        # (p, p) makes `erasing` the probability itself.
+        image_layers.append(keras.layers.RandomErasing(factor=(f["erasing"], f["erasing"]),
+                                                       value_range=(0, 255), seed=seed + 4))
     image_layers += list(extra_layers)
     mixers = []
     if f["mixup"]:

@@ -8,15 +8,16 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from keras_resnet import specs, weights as weights_lib
-from keras_resnet.layers import BLOCKS, Preprocessing, batch_norm, channel_axis, l2
+from keras_resnet import converters, features as features_lib, weights as weights_lib
+from keras_resnet.layers import (BLOCKS, BN_EPSILON, BN_MOMENTUM, Preprocessing, batch_norm,
+                                 channel_axis, l2)
 from keras_resnet.specs import ResNetSpec
 
 POOLINGS = (None, "avg", "max")
 
 
 def build(
-    depth: int,
+    depth: int | str,
     *,
     variant: str | None = None,
     num_classes: int | None = None,
@@ -36,61 +37,63 @@ def build(
     zero_init_residual: bool = False,
     weight_decay: float = 1e-4,
     bn_weight_decay: float = 0.0,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float | None = None,
     pyramid_outputs: bool = False,
     name: str | None = None,
 ) -> keras.Model:
-    """Build a ResNet of the given depth.
+    """Build a ResNet of the given depth, or a named one ("resnext50_32x4d", see `list_models()`).
 
     Depths 18/34/50/101/152/200 are the ImageNet family (variant "v1", "v1.5" (default),
     "v1d" or "v2"); 20/32/44/56/110/1202 (or any 6n+2 with variant="cifar") the CIFAR
     family of He et al. 2016 (32x32 input, 10 classes, option-A shortcuts by default;
-    `shortcut="B"` for projections).
+    `shortcut="B"` for projections). A name fixes variant, groups, width_per_group and
+    se_ratio.
 
-    `weights` is None, "imagenet" (keras.applications' files; picks v1 when no variant
-    is given), a keras.applications HDF5 file, or a `.weights.h5` saved by this package.
+    `weights` is None, a registry tag ("resnet50.tv2_in1k", see `list_weights()`; after a
+    name, the bare tag "tv2_in1k" will do), "imagenet" (keras.applications' files; picks v1
+    when no variant is given), or a file: a torchvision/timm state dict (.safetensors,
+    .pth), a keras.applications HDF5 file, or a `.weights.h5` saved by this package.
+    Everything is checked before a download; tags are downloaded and hash-checked once.
+    A tag's classifier takes its record's resolution and defines the default input shape.
     With `include_preprocessing=True` the model takes RGB pixels in [0, 255] and applies
-    the normalization its weights expect; otherwise feed `preprocess_input(x, mode)`.
+    the normalization its weights expect; otherwise feed `preprocess_input(x, weights=tag)`.
     `normalization=(mean, std)` (per RGB channel, on the [0, 255] scale, e.g. a dataset's
     statistics) puts that normalization inside the model instead.
 
     `weight_decay` is SGD's weight decay (applied as an L2 penalty of weight_decay/2 on
     conv and dense kernels); `bn_weight_decay` is the same for BN gamma/beta (default 0:
-    not decayed; PyTorch reproductions often decay them too). `pyramid_outputs=True`
+    not decayed; PyTorch reproductions often decay them too). `bn_epsilon` defaults to the
+    weights' own (PyTorch's 1e-5) or else 1.001e-5. `pyramid_outputs=True`
     (with `include_top=False`) returns a model whose output is a dict of the last feature
     map at each stride, keyed "P{log2 stride}" ("P2".."P5" for ImageNet ResNets).
     """
-    variant = weights_lib.resolve_variant(depth, variant, weights) or specs.default_variant(depth)
-    spec = specs.resnet_spec(depth, variant, groups=groups, width_per_group=width_per_group,
-                             se_ratio=se_ratio, shortcut=shortcut)
-    cifar = spec.stem == "cifar"
-    if num_classes is None:
-        num_classes = 10 if cifar else 1000
-    if weights is not None:
-        weights_lib.check_compatible(weights, depth=depth, variant=variant, spec=spec,
-                                     include_top=include_top, num_classes=num_classes)
+    plan = weights_lib.resolve(
+        depth, variant=variant, weights=weights, groups=groups, width_per_group=width_per_group,
+        se_ratio=se_ratio, shortcut=shortcut, include_top=include_top, num_classes=num_classes,
+        input_shape=input_shape, input_tensor=input_tensor,
+        classifier_activation=classifier_activation, bn_epsilon=bn_epsilon)
     model = build_from_spec(
-        spec,
-        num_classes=num_classes,
-        input_shape=input_shape,
+        plan.spec,
+        num_classes=plan.num_classes,
+        input_shape=plan.input_shape,
         input_tensor=input_tensor,
         include_top=include_top,
         pooling=pooling,
         classifier_activation=classifier_activation,
-        preprocessing=weights_lib.preprocessing_mode(variant, weights) if include_preprocessing else None,
+        preprocessing=plan.preprocessing if include_preprocessing else None,
         normalization=normalization,
         drop_path_rate=drop_path_rate,
         zero_init_residual=zero_init_residual,
         weight_decay=weight_decay,
         bn_weight_decay=bn_weight_decay,
         bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
+        bn_epsilon=plan.bn_epsilon,
         pyramid_outputs=pyramid_outputs,
-        name=name or default_name(depth, variant, spec),
+        name=name or plan.name or default_name(plan.depth, plan.variant, plan.spec),
     )
-    if weights is not None:
-        weights_lib.load_weights(model, weights, depth=depth, variant=variant, include_top=include_top)
+    if plan.checkpoint is not None:
+        converters.load(model, plan.checkpoint)
     return model
 
 
@@ -111,12 +114,14 @@ def _input_shape(input_shape, spec: ResNetSpec, include_top: bool, data_format: 
         side = 32 if spec.stem == "cifar" else (224 if include_top else None)
         return (side, side, 3) if data_format == "channels_last" else (3, side, side)
     input_shape = tuple(input_shape)
-    spatial = input_shape[:2] if data_format == "channels_last" else input_shape[1:]
-    channels = input_shape[channel_axis(data_format)]
-    if len(input_shape) != 3 or channels is None:
+    last = data_format == "channels_last"
+    order, example = (("(height, width, channels)", "(224, 224, 3)") if last
+                      else ("(channels, height, width)", "(3, 224, 224)"))
+    if len(input_shape) != 3 or input_shape[-1 if last else 0] is None:
         raise ValueError(
-            f"input_shape must be (height, width, channels) for {data_format} with the channel "
-            f"count given, e.g. (224, 224, 3); got {input_shape}.")
+            f"input_shape must be {order} for image_data_format {data_format!r}, with the channel "
+            f"count given, e.g. {example}; got {input_shape}.")
+    spatial = input_shape[:2] if last else input_shape[1:]
     smallest = total_stride(spec)
     if any(s is not None and s < smallest for s in spatial):
         raise ValueError(
@@ -167,8 +172,8 @@ def build_from_spec(
     zero_init_residual: bool = False,
     weight_decay: float = 1e-4,
     bn_weight_decay: float = 0.0,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float = BN_EPSILON,
     pyramid_outputs: bool = False,
     name: str = "resnet",
 ) -> keras.Model:
@@ -249,4 +254,6 @@ def build_from_spec(
         outputs = layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
     else:
         outputs = x
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    model.pyramid_outputs = features_lib.pyramid_outputs(model)  # keras-hub's backbone contract
+    return model

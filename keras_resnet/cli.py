@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -34,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("lr", float), ("max-train-samples", int), ("max-eval-samples", int),
                        ("seed", int), ("precision", str)):
         train.add_argument(f"--{flag}", type=kind)
+    train.add_argument("--weights", help="fine-tune from pretrained weights: a .keras model from `train`, "
+                                          "a weight tag or file (see `keras-resnet weights`); with "
+                                          "--recipe finetune, a new head trains first")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any recipe field, e.g. --set train.label_smoothing=0.1")
     train.add_argument("--overwrite", action="store_true", help="replace a run folder with another configuration")
@@ -80,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                                               "(default: the run folder's evaluation data)")
     export.add_argument("--verify-samples", type=int, default=500)
     export.add_argument("--data-dir", help="TFDS data_dir")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing file or version (atomically)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file (atomically); SavedModel versions are never replaced")
+
+    weights = sub.add_parser("weights", help="the published weights build() takes, as a table")
+    weights.add_argument("pattern", nargs="?", default="*", help="a model name or a glob, e.g. 'resnet50*'")
+    weights.add_argument("--format", choices=("text", "json", "markdown"), default="text")
 
     bench = sub.add_parser("benchmark", help="images/s of the default training or inference step")
     bench.add_argument("--depth", type=int, default=20)
@@ -88,8 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--steps", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--rounds", type=int, default=5,
+                       help="timed windows of --steps steps; reports the median, best and spread")
     bench.add_argument("--precision", default="auto")
     return parser
+
+
+def dumps(obj, **kwargs) -> str:
+    """Strict JSON (no bare NaN), as every file the package writes."""
+    from keras_resnet.report import dumps as strict_dumps
+
+    return strict_dumps(obj, **kwargs)
 
 
 def _train(args) -> int:
@@ -97,11 +112,11 @@ def _train(args) -> int:
 
     flags = {k: getattr(args, k) for k in ("depth", "variant", "data", "data_dir", "epochs",
                                            "batch_size", "lr", "max_train_samples",
-                                           "max_eval_samples", "seed", "precision")}
+                                           "max_eval_samples", "seed", "precision", "weights")}
     output = args.output or f"runs/{args.recipe or 'default'}"
     metrics = training.train(args.recipe, output=output, overrides=args.set, overwrite=args.overwrite,
                              strategy=args.strategy, tpu=args.tpu, **flags)
-    print(json.dumps({"output": output, "epochs_completed": metrics["epochs_completed"],
+    print(dumps({"output": output, "epochs_completed": metrics["epochs_completed"],
                       "eval": {k: v for k, v in metrics.get("eval", {}).items()
                                if k in ("accuracy", "top5_accuracy", "loss")}}))
     return 0
@@ -111,74 +126,38 @@ def _recipes(args) -> int:
     from keras_resnet import recipes
 
     if args.show:
-        print(json.dumps(recipes.load(args.show), indent=2))
+        print(dumps(recipes.load(args.show), indent=2))
         return 0
     for name, description in recipes.available().items():
         print(f"{name:20s} {description}")
     return 0
 
 
-def _load_model(path: str):
-    from keras_resnet.exporter import load_model
-
-    return load_model(path)
-
-
-def _class_names(model_path: str, count: int) -> list[str]:
-    from keras_resnet.exporter import run_context
-
-    names = run_context(model_path).get("class_names")
-    return names if names and len(names) == count else [str(i) for i in range(count)]
-
-
 def _evaluate(args) -> int:
-    from keras_resnet import data as data_lib, training
+    from keras_resnet import evaluation
 
-    model = _load_model(args.model)
-    on_train = args.split == "train"
-    # On the training split, the test split is read for nothing: keep it to one image.
-    limit = ({"max_train_samples": args.max_eval_samples, "max_eval_samples": 1} if on_train
-             else {"max_eval_samples": args.max_eval_samples})
-    splits = data_lib.load(args.data, data_dir=args.data_dir, include_train=on_train, **limit)
-    size = tuple(model.input_shape[1:3])
-    ds = data_lib.eval_pipeline(splits.train if on_train else splits.test, batch_size=args.batch_size,
-                                image_size=size, fixed_size=splits.image_size == size,
-                                crop_fraction=0.875 if max(size) >= 128 else None)
-    result = training.evaluate_model(model, ds, splits.class_names, flip_tta=args.flip_tta)
+    result = evaluation.evaluate(args.model, args.data, split=args.split, data_dir=args.data_dir,
+                                 max_samples=args.max_eval_samples, batch_size=args.batch_size,
+                                 flip_tta=args.flip_tta)
     result.pop("confusion_matrix", None)
-    result["flip_tta"] = args.flip_tta
-    result["split"] = args.split
     if args.format == "json":
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
     else:
-        print(f"{args.model} on {splits.source} ({args.split}): top-1 {result['accuracy']:.4f}, top-5 "
+        prep = result["preprocessing"]
+        crop = f", center crop {prep['crop_fraction']}" if prep["crop_fraction"] else ""
+        print(f"{args.model} on {result['data']} ({args.split}): top-1 {result['accuracy']:.4f}, top-5 "
               f"{result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} images"
-              f"{', flip TTA' if args.flip_tta else ''})")
+              f"{', flip TTA' if args.flip_tta else ''}{crop})")
         for name, acc in result["per_class_accuracy"].items():
             print(f"  {name:20s} {acc:.4f}")
     return 0
 
 
 def _predict(args) -> int:
-    import numpy as np
-    import tensorflow as tf
+    from keras_resnet import evaluation
 
-    from keras_resnet import data as data_lib
-
-    model = _load_model(args.model)
-    size = tuple(model.input_shape[1:3])
-    batch = []
-    for path in args.images:
-        try:
-            image = data_lib.decode_file(path)
-        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as err:
-            raise ValueError(f"Cannot read image {path}: {err.message.splitlines()[0]}") from err
-        batch.append(tf.image.resize(tf.cast(image, tf.float32), size).numpy())
-    probs = np.asarray(model.predict(np.stack(batch), verbose=0))
-    names = _class_names(args.model, probs.shape[1])
-    for path, p in zip(args.images, probs):
-        top = np.argsort(-p)[: args.top_k]
-        print(f"{path}: " + ", ".join(f"{names[i]} {p[i]:.4f}" for i in top))
+    for item in evaluation.predict_files(args.model, args.images, args.top_k):
+        print(f"{item['path']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in item["top"]))
     return 0
 
 
@@ -192,7 +171,7 @@ def _export(args) -> int:
         verify_data=args.verify_data, verify_samples=args.verify_samples,
         data_dir=args.data_dir, overwrite=args.overwrite,
         log=lambda line: print(line, file=sys.stderr))
-    print(json.dumps({"artifact": result["artifact"], "ok": result["ok"],
+    print(dumps({"artifact": result["artifact"], "ok": result["ok"],
                       "verification_data": result["verification_data"], "rows": result["rows"]}))
     return 0
 
@@ -200,9 +179,9 @@ def _export(args) -> int:
 def _benchmark(args) -> int:
     from keras_resnet import training
 
-    print(json.dumps(training.benchmark(args.depth, mode=args.mode, batch_size=args.batch_size,
-                                        steps=args.steps, warmup=args.warmup,
-                                        precision=args.precision)))
+    print(dumps(training.benchmark(args.depth, mode=args.mode, batch_size=args.batch_size,
+                                   steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                                   precision=args.precision)))
     return 0
 
 
@@ -224,7 +203,7 @@ def _summary(args) -> int:
             model.summary()
         rows = [(model.name, model_stats(model))]
     if args.format == "json":
-        print(json.dumps([{"model": label, **stats} for label, stats in rows], indent=2))
+        print(dumps([{"model": label, **stats} for label, stats in rows], indent=2))
     elif args.format == "markdown":
         print("| model | input | trainable params | MACs |\n|---|---|---:|---:|")
         for label, s in rows:
@@ -238,13 +217,38 @@ def _summary(args) -> int:
     return 0
 
 
+def _weights(args) -> int:
+    import dataclasses
+
+    from keras_resnet import registry
+
+    records = [registry.WEIGHTS[name] for name in registry.list_weights(args.pattern)]
+    if not records:
+        raise ValueError(f"No weights match {args.pattern!r}; `keras-resnet weights` lists them all.")
+    if args.format == "json":
+        print(dumps([dataclasses.asdict(r) for r in records], indent=2))
+        return 0
+    header = ("weights", "source", "top-1 %", "train / eval px", "eval crop", "hash", "license")
+    rows = [(r.name, r.source, f"{r.top1:.2f}", f"{r.train_size} / {r.eval_size}", f"{r.crop_pct:g}",
+             ("md5" if len(r.file_hash) == 32 else "sha256") if r.file_hash else "none", r.license)
+            for r in records]
+    if args.format == "markdown":  # the README's short table: name, source, top-1, resolution, license
+        print("| weights | source | top-1 % | train / eval px | license |\n|---|---|---:|---:|---|")
+        print("\n".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[6]} |" for r in rows))
+    else:
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        for row in (header, *rows):
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
 COMMANDS = {"summary": _summary, "train": _train, "recipes": _recipes, "evaluate": _evaluate,
-            "predict": _predict, "export": _export, "benchmark": _benchmark}
+            "predict": _predict, "export": _export, "benchmark": _benchmark, "weights": _weights}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide C++ info and warnings, keep errors
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:

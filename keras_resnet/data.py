@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,6 +61,17 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
 
 
 # -- image folders -------------------------------------------------------------------------
+
+def _pick_classes(available: list[str], classes: list[str] | None, source: str) -> list[int]:
+    """Indices into `available` of the `classes` asked for, in their order (all by default)."""
+    if not classes:
+        return list(range(len(available)))
+    unknown = [c for c in classes if c not in available]
+    if unknown or len(set(classes)) != len(classes):
+        raise DataError(f"data.classes {list(classes)}: {'unknown ' + str(unknown) if unknown else 'repeated names'}; "
+                        f"{source} has {available}.")
+    return [available.index(c) for c in classes]
+
 
 def _class_folders(split_dir: Path) -> list[str]:
     names = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
@@ -139,16 +151,46 @@ def _folder_split(paths, labels, *, in_memory: bool, cache_file: str | None):
     return ds, len(good), None, bad, None
 
 
+def image_size_from_header(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of a PNG or JPEG file read from its header in plain Python.
+
+    Reading sizes this way leaves TensorFlow's runtime untouched, which multi-worker
+    training needs (its collectives must be configured before the runtime starts).
+    """
+    with open(path, "rb") as f:
+        head = f.read(26)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", head[16:24])
+            return height, width
+        if head.startswith(b"\xff\xd8"):
+            f.seek(2)
+            while True:
+                marker = f.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    break
+                if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
+                    continue  # markers without a length field
+                length = struct.unpack(">H", f.read(2))[0]
+                if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                    height, width = struct.unpack(">xHH", f.read(5))
+                    return height, width
+                f.seek(length - 2, 1)
+    raise DataError(f"{path} is not a readable PNG or JPEG file (no image size in its header); "
+                    "remove it or convert it to PNG/JPEG.")
+
+
 def _peek_side(path: str) -> int:
-    return max(decode_file(path).shape[:2])
+    return max(image_size_from_header(path))
 
 
 def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None = None,
                       max_eval_samples: int | None = None, seed: int = 0,
-                      cache_dir: str | None = None, include_train: bool = True) -> Splits:
+                      cache_dir: str | None = None, include_train: bool = True,
+                      classes: list[str] | None = None) -> Splits:
     """`root/train/<class>/*.jpg` and `root/{test,val,validation}/<class>/*.jpg`.
 
-    `include_train=False` lists the training split for its class names only (evaluation).
+    `include_train=False` lists the training split for its class names only (evaluation);
+    `classes` keeps those class folders only, labelled 0.. in that order.
     """
     root = Path(root)
     if not root.is_dir():
@@ -159,7 +201,8 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
     if not train_dir.is_dir() or eval_dir is None:
         raise DataError(f"{root} needs train/ and one of {'/'.join(EVAL_SPLIT_NAMES)}/ sub-folders, "
                         "each holding one folder per class.")
-    class_names = _class_folders(train_dir)
+    folders = _class_folders(train_dir)
+    class_names = [folders[i] for i in _pick_classes(folders, classes, str(train_dir))]
     train_paths, train_labels, skipped = _list_split(train_dir, class_names)
     eval_paths, eval_labels, skipped_eval = _list_split(eval_dir, class_names)
     skipped += skipped_eval
@@ -187,8 +230,10 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
 # -- TFDS ----------------------------------------------------------------------------------
 
 def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int | None = None,
-              max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True) -> Splits:
-    """A TFDS image-classification dataset by name (image/label features)."""
+              max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True,
+              classes: list[str] | None = None) -> Splits:
+    """A TFDS image-classification dataset by name (image/label features); `classes` keeps
+    those classes only, labelled 0.. in that order."""
     import tensorflow_datasets as tfds
 
     try:
@@ -213,16 +258,24 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
         raise DataError(f"TFDS dataset {name!r} needs a train split and one of {EVAL_SPLIT_NAMES}; "
                         f"it has {splits}.")
 
+    all_names = features["label"].names
+    picked = _pick_classes(all_names, classes, f"TFDS {name!r}")
+    remap = np.full(len(all_names), -1, np.int32)
+    remap[picked] = np.arange(len(picked))
+
     def take(split, n, split_seed):
         ds = builder.as_dataset(split=split, as_supervised=True)
         total = builder.info.splits[split].num_examples
-        if n is None or n >= total:
+        if classes:
+            ds = ds.map(lambda image, label: (image, tf.gather(remap, tf.cast(label, tf.int32))))
+        if (n is None or n >= total) and not classes:
             return ds, total
         undecoded = builder.as_dataset(split=split, as_supervised=True,
                                        decoders={"image": tfds.decode.SkipDecoding()})
-        labels = np.fromiter((int(label) for _, label in tfds.as_numpy(undecoded)), np.int32)
+        labels = remap[np.fromiter((int(label) for _, label in tfds.as_numpy(undecoded)), np.int32)]
         keep = np.zeros(total, bool)
-        keep[stratified_subset(labels, n, split_seed)] = True
+        chosen = np.flatnonzero(labels >= 0)
+        keep[chosen[stratified_subset(labels[chosen], n, split_seed)]] = True
         mask = tf.constant(keep)
         ds = ds.enumerate().filter(lambda i, _: mask[i]).map(lambda _, example: example)
         return ds, int(keep.sum())
@@ -242,8 +295,8 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
     else:
         train, test = train.map(cast), test.map(cast)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return Splits(train, test, features["label"].names, n_train, n_test, size, mean, std,
-                  source=f"tfds:{name}")
+    return Splits(train, test, [all_names[i] for i in picked], n_train, n_test, size, mean, std,
+                  source=f"tfds:{name}" + (f" ({len(picked)} classes)" if classes else ""))
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -287,7 +340,10 @@ def load(data: str, **kwargs) -> Splits:
 # -- pipelines -------------------------------------------------------------------------------
 
 def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
-    """Resize the shorter side to size/crop_fraction, then center-crop `size` (ImageNet eval)."""
+    """Resize the shorter side to size/crop_fraction, then center-crop `size` (ImageNet eval);
+    without a crop, resize to `size` (a no-op at that size). The one eval resize: the run's
+    own evaluation, `evaluate`, `predict`, the SavedModel's image-bytes signatures and the
+    export parity check all reach it through `evaluation.preprocess`/`eval_pipeline`."""
     image = tf.cast(image, tf.float32)
     if crop_fraction:
         shape = tf.cast(tf.shape(image)[:2], tf.float32)

@@ -5,10 +5,28 @@ and tf.Example signatures), a `.tflite` file (float32, float16, dynamic-range or
 int8), a re-saved `.keras`, `.weights.h5`, or ONNX. Every artifact is written to a temporary
 path, checked against the Keras model (`keras_resnet.parity`), and only then renamed into
 place; a broken artifact is removed and the export fails.
+
+Images reach the signatures that take encoded files through `evaluation.preprocess`, the
+same function `evaluate`, `predict` and the parity check use. Quantized TFLite files are
+verified on real images only (top-1 agreement needs them).
+
+Placement, for model servers that poll the output while it is written:
+- a SavedModel version is written beside `BASE/NAME/` as `.tmp-export-*` (TF Serving only
+  loads numeric folder names), fsynced, verified, then renamed to `BASE/NAME/<version>` in
+  one `rename(2)`: the version appears whole or not at all. An existing version is never
+  replaced, with or without `overwrite`: a server that has loaded a version never reloads
+  it, so replacing its files would leave running servers on the old model and new ones on
+  the new model under one version number, and a server loading during a swap could read
+  half of each. New models are new versions; old ones are retired by removing them after
+  the servers serve the new one (export/README.md).
+- a file (`.tflite`, `.keras`, `.weights.h5`, `.onnx`) is written beside its target,
+  fsynced, and moved with one `os.replace` (`overwrite`), or hard-linked in without
+  replacing anything: a reader sees the old file or the new one, never none or half.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -19,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import parity, report
+from keras_resnet import evaluation, parity, report
 
 FORMATS = ("saved_model", "tflite", "keras", "weights", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -37,68 +55,28 @@ class ExportError(ValueError):
 # -- the model and what is known about it ----------------------------------------------------
 
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """A `.keras` model file, loaded in safe mode (our layers are registered on import)."""
-    import keras_resnet  # noqa: F401
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"Model file {path} not found.")
+    """A `.keras` model file, loaded in safe mode (`evaluation.load_model`)."""
     try:
-        return keras.models.load_model(path)
-    except Exception as err:
-        if "safe_mode" in str(err):
-            raise ExportError(f"{path} is not a loadable .keras model in safe mode: it holds a "
-                              "Lambda layer (arbitrary Python code). Rebuild the model without it; "
-                              "safe mode stays on.") from err
-        raise ExportError(f"{path} is not a loadable .keras model ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:200]}). Pass a model saved with "
-                          "model.save('model.keras'), e.g. run/model.keras from `train`.") from err
+        return evaluation.load_model(path)
+    except evaluation.ModelError as err:
+        raise ExportError(str(err)) from err.__cause__
 
 
-class _Layout:
-    """Input size and channel order of an exportable model."""
+class _Layout(evaluation.Layout):
+    """`evaluation.Layout` of an exportable model (fixed input size, float32)."""
 
     def __init__(self, model: keras.Model):
-        if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.output_shape) != 2:
-            raise ExportError(f"{model.name} has {len(model.inputs)} input(s) and outputs "
-                              f"{model.output_shape}; export needs one image input and one "
-                              "class-score output (build with include_top=True).")
-        shape = tuple(model.input_shape[1:])
-        self.channels_first = shape[0] in (1, 3) and shape[-1] not in (1, 3)
-        height, width, channels = (shape[1], shape[2], shape[0]) if self.channels_first else shape
-        if None in (height, width, channels):
-            raise ExportError(f"{model.name} has no fixed input size (input shape "
-                              f"{model.input_shape}). Rebuild it with one, e.g. "
-                              "build(..., input_shape=(224, 224, 3)), copy the weights with "
-                              "set_weights, and export that model.")
+        try:
+            super().__init__(model)
+        except evaluation.ModelError as err:
+            raise ExportError(str(err)) from None
         if model.dtype_policy.name != "float32":
             raise ExportError(f"{model.name} computes in {model.dtype_policy.name}; export a "
                               "float32 model (`train` saves model.keras in float32; or rebuild "
                               "under keras.config.set_dtype_policy('float32') and copy weights).")
-        self.size = (height, width)
-        self.channels = channels
-        self.num_classes = model.output_shape[-1]
-        activation = getattr(model.layers[-1], "activation", None)
-        self.softmax_inside = getattr(activation, "__name__", "") == "softmax"
-
-    def probabilities(self, model: keras.Model, images: tf.Tensor) -> tf.Tensor:
-        """NHWC pixels in [0, 255] -> float32 probabilities (softmax added for logit models)."""
-        x = tf.transpose(images, [0, 3, 1, 2]) if self.channels_first else images
-        out = tf.cast(model(x, training=False), tf.float32)
-        return out if self.softmax_inside else tf.nn.softmax(out)
 
 
-def run_context(model_path: str | os.PathLike | None) -> dict:
-    """What the run folder beside a `train` model records: data, eval crop, class names."""
-    if model_path is None:
-        return {}
-    folder = Path(model_path).resolve().parent
-    config = report.read_json(folder / "config.json") or {}
-    metrics = report.read_json(folder / "metrics.json") or {}
-    data = config.get("data", {})
-    return {"data": data.get("name") or None, "data_dir": data.get("data_dir") or None,
-            "crop": data.get("eval_crop_fraction") or None,
-            "class_names": metrics.get("class_names"), "folder": folder}
+run_context = evaluation.run_context
 
 
 # -- where the verification images come from --------------------------------------------------
@@ -124,8 +102,10 @@ def _available(data: str | None, data_dir: str | None, folder: Path | None) -> s
 
 def _verification_sample(layout: _Layout, *, verify_data: str | None, data_dir: str | None,
                          count: int, context: dict, calibration_data: str | None,
+                         crop: float | None, quantize: str,
                          log: Callable[[str], None]) -> parity.Sample:
-    crop = parity.eval_crop(layout.size, context.get("crop"))
+    """Real images when there are any (`verify_data`, the run folder's evaluation data, the
+    calibration data's evaluation split); a synthetic batch for float32 artifacts only."""
     if verify_data:
         return parity.load_sample(verify_data, size=layout.size, crop=crop, count=count,
                                   data_dir=data_dir)
@@ -136,8 +116,17 @@ def _verification_sample(layout: _Layout, *, verify_data: str | None, data_dir: 
             log(f"Verifying on {where}: {found}")
             return parity.load_sample(found, size=layout.size, crop=crop, count=count,
                                       data_dir=context.get("data_dir") or data_dir)
+    if quantize != "none":
+        # Quantization changes the numbers by design, so max |Δp| has no fixed bound: top-1
+        # agreement on real images is what tells a good file from a broken one. On synthetic
+        # images, unlike anything the model was trained on, agreement says little, so there
+        # is no synthetic fallback (parity.compare checks agreement with or without labels).
+        why = (f"the run folder's data {context['data']!r} is not readable here"
+               if context.get("data") else "no run folder with data beside the model")
+        raise ExportError(f"--quantize {quantize} is verified on real images ({why}): pass "
+                          "--verify-data FOLDER_OR_TFDS_NAME (verify_data=...).")
     log("No verification data given or recorded: verifying on a fixed synthetic batch "
-        "(max |Δp| and agreement only; pass --verify-data for accuracy).")
+        "(max |Δp| only; pass --verify-data for agreement and accuracy).")
     return parity.synthetic_sample(layout.size, layout.channels)
 
 
@@ -149,23 +138,86 @@ def _temporary_dir(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=parent))
 
 
-def _place(tmp: Path, target: Path, overwrite: bool) -> None:
-    """Rename a finished artifact into place; an existing target is swapped out, never merged."""
-    if not target.exists():
-        os.rename(tmp, target)
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return
-    if not overwrite:
-        raise ExportError(f"{target} already exists; it was left untouched. Pass --overwrite "
-                          "(overwrite=True) to replace it.")
-    old = tmp.with_name(tmp.name + "-replaced")
-    os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old) if old.is_dir() else old.unlink()
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder, name))
+        _fsync(Path(folder))
+
+
+def _place_file(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move a finished, fsynced file to `target` in one step.
+
+    `overwrite`: `os.replace`, atomic on POSIX and Windows; `target` always exists, as the
+    old file or the new one. Otherwise a hard link, which fails rather than replace a
+    file that appeared while the export ran (filesystems without hard links: a rename
+    after a last check)."""
+    _fsync(tmp)
+    taken = ExportError(f"{target} already exists; it was left untouched. Choose another "
+                        "--output or pass --overwrite.")
+    if overwrite:
+        os.replace(tmp, target)
+    else:
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            raise taken from None
+        except OSError:
+            if os.path.lexists(target):
+                raise taken from None
+            os.replace(tmp, target)
+    _fsync(target.parent)
+
+
+def _place_version(tmp: Path, target: Path) -> None:
+    """Rename a finished, fsynced SavedModel folder to the new version `target` in one
+    `rename(2)`. A folder is never renamed over a non-empty one, so a version that
+    appeared meanwhile (another export) is left as it is, and this one fails."""
+    _fsync_tree(tmp)
+    try:
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target))
+        os.rename(tmp, target)
+    except OSError as err:
+        if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+        raise ExportError(f"{target} appeared while this export ran (another export?); it "
+                          "was left untouched. Export again for the next version.") from None
+    _fsync(target.parent)
 
 
 def _next_version(model_dir: Path) -> int:
     versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and p.is_dir()]
     return max(versions, default=0) + 1
+
+
+def _version_target(base: Path, name: str, version: int | None) -> Path:
+    """`base/name/<version>` (the next free version when None); an existing one is refused."""
+    model_dir = base / name
+    version = version if version is not None else _next_version(model_dir)
+    if version < 0:
+        raise ExportError(f"Version must be a non-negative integer, not {version}.")
+    target = model_dir / str(version)
+    if os.path.lexists(target):
+        raise ExportError(f"Version {target} already exists and is never replaced, even with "
+                          "--overwrite (a server that loaded it would keep the old model); it "
+                          "was left untouched. Publish the next version (omit --version), then "
+                          "remove the old one once your servers serve the new one.")
+    return target
 
 
 # -- SavedModel --------------------------------------------------------------------------------
@@ -192,7 +244,7 @@ def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[
         with tf.control_dependencies([tf.debugging.Assert(known, [
                 "image_bytes: an input is not a JPEG or PNG file (first bytes:", header, ")"])]):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-        return parity.preprocess(image, layout.size, crop)
+        return evaluation.preprocess(image, layout.size, crop)
 
     def decode_batch(encoded):
         return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec(
@@ -225,17 +277,9 @@ def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[
     return archive
 
 
-def _export_saved_model(model, layout, base: Path, *, name: str, version: int | None,
-                        class_names, crop, sample, reference, overwrite, log) -> tuple[Path, dict]:
-    model_dir = base / name
-    version = version if version is not None else _next_version(model_dir)
-    if version < 0:
-        raise ExportError(f"Version must be a non-negative integer, not {version}.")
-    target = model_dir / str(version)
-    if target.exists() and not overwrite:
-        raise ExportError(f"Version {target} already exists; it was left untouched. Omit "
-                          "--version for the next one, or pass --overwrite to replace it.")
-    tmp = _temporary_dir(model_dir)
+def _export_saved_model(model, layout, target: Path, *, class_names, crop, sample, reference,
+                        log) -> dict:
+    tmp = _temporary_dir(target.parent)
     try:
         archive = _serving_archive(model, layout, class_names, crop)
         archive.write_out(str(tmp / "saved_model"), verbose=False)
@@ -246,10 +290,10 @@ def _export_saved_model(model, layout, base: Path, *, name: str, version: int | 
         log(parity.table(rows))
         _check_rows(result, "SavedModel")  # before the rename: a broken version never appears
         report.write_json(tmp / "saved_model" / "assets.extra" / "export_report.json", result)
-        _place(tmp / "saved_model", target, overwrite)
+        _place_version(tmp / "saved_model", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target, result
+    return result
 
 
 # -- TFLite ------------------------------------------------------------------------------------
@@ -317,9 +361,16 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     - `format="keras" | "weights" | "onnx"`: a `.keras`, `.weights.h5` or `.onnx` file.
 
     Verification images: `verify_data`, else the evaluation data recorded in the run folder
-    beside a `.keras` path, else the calibration data, else a synthetic batch. Returns the
-    report (also saved beside or inside the artifact); raises `ExportError` if the artifact
-    is broken (it is removed) or the request is invalid (nothing is written).
+    beside a `.keras` path, else the calibration data's evaluation split, else (float32
+    artifacts only) a synthetic batch; a quantized file without real images is refused
+    before anything is written. Images are preprocessed by `evaluation.preprocess` with the
+    run's eval crop, as the `serving_bytes` and `tf_example` signatures do.
+
+    `overwrite` replaces an existing file in one atomic `os.replace`. A SavedModel version
+    is never replaced: an existing `version` is refused (publish the next one).
+
+    Returns the report (also saved beside or inside the artifact); raises `ExportError` if
+    the artifact is broken (it is removed) or the request is invalid (nothing is written).
     """
     if format not in FORMATS:
         raise ExportError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
@@ -346,17 +397,21 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     if class_names and len(class_names) != layout.num_classes:
         raise ExportError(f"{len(class_names)} class names for a model with "
                           f"{layout.num_classes} classes.")
-    crop = parity.eval_crop(layout.size, context.get("crop"))
+    try:
+        crop = evaluation.eval_crop(layout.size, context.get("crop"))
+    except evaluation.ModelError as err:
+        raise ExportError(str(err)) from None
+    target = (_version_target(output, name or model.name, version) if format == "saved_model"
+              else output)
     sample = _verification_sample(layout, verify_data=verify_data, data_dir=data_dir,
                                   count=verify_samples, context=context,
-                                  calibration_data=calibration_data, log=log)
+                                  calibration_data=calibration_data, crop=crop,
+                                  quantize=quantize, log=log)
     reference = parity.in_batches(_keras_runner(model, layout), sample.images)
 
     if format == "saved_model":
-        target, result = _export_saved_model(
-            model, layout, output, name=name or model.name, version=version,
-            class_names=class_names, crop=crop, sample=sample, reference=reference,
-            overwrite=overwrite, log=log)
+        result = _export_saved_model(model, layout, target, class_names=class_names, crop=crop,
+                                     sample=sample, reference=reference, log=log)
         log(f"Wrote {target}")
         return result
 
@@ -392,8 +447,8 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
                          size_bytes=artifact.stat().st_size)
         log(parity.table(rows))
         _check_rows(result, format)
+        _place_file(artifact, output, overwrite)
         report.write_json(Path(f"{output}.report.json"), result)
-        _place(artifact, output, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"Wrote {output} ({result['size_bytes']:,} bytes) and {output}.report.json")

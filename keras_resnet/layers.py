@@ -20,6 +20,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)  # on [0, 1]
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 PREPROCESSING_MODES = ("caffe", "tf", "torch")
+FUSED_MIN_EPSILON = 1.001e-5  # TensorFlow's fused kernel trains with max(epsilon, this)
+# BN defaults of every model: keras.applications' epsilon, the smallest the fused kernel
+# trains with as given; momentum 0.9 (Keras's 0.99 lags badly in short runs).
+BN_EPSILON = FUSED_MIN_EPSILON
+BN_MOMENTUM = 0.9
 
 
 def channel_axis(data_format: str) -> int:
@@ -34,12 +39,12 @@ def l2(weight_decay: float) -> keras.regularizers.Regularizer | None:
 
 
 def batch_norm(name: str, *, data_format: str, momentum: float, epsilon: float,
-               weight_decay: float = 0.0, zero_gamma: bool = False) -> "BatchNormalization":
+               weight_decay: float = 0.0, zero_gamma: bool = False, dtype=None) -> "BatchNormalization":
     """The package's BN layer over the channel axis; `weight_decay` decays gamma/beta (see `l2`)."""
     return BatchNormalization(
         axis=channel_axis(data_format), momentum=momentum, epsilon=epsilon,
         gamma_initializer="zeros" if zero_gamma else "ones", gamma_regularizer=l2(weight_decay),
-        beta_regularizer=l2(weight_decay), name=name)
+        beta_regularizer=l2(weight_decay), dtype=dtype, name=name)
 
 
 def preprocess_input(x: Any, mode: str = "caffe", data_format: str | None = None) -> Any:
@@ -107,8 +112,40 @@ class DropPath(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
+class Composite(layers.Layer):
+    """A layer made of nested layers whose `trainable` flags survive saving and loading.
+
+    Keras restores `trainable=False` of a functional model's own layers from their configs,
+    but not of layers nested inside a custom layer: `__init__`/`build` create those anew.
+    So the config lists the nested layers that are frozen (`frozen`, by name), `build`
+    freezes them again, and a frozen composite freezes the layers it builds. Without this,
+    a frozen block or BN would train again after `load_model` (`.keras` or legacy `.h5`),
+    and a legacy `.h5` file would not load (its weights are stored in trainable-first order).
+    """
+
+    def __init__(self, *, frozen: tuple[str, ...] | list[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self._frozen_on_load = tuple(frozen)
+
+    def _nested(self) -> list[layers.Layer]:
+        return list(self._flatten_layers(include_self=False))
+
+    def _restore_frozen(self) -> None:
+        """Call at the end of `build`, once every nested layer exists."""
+        for layer in self._nested():
+            if not self.trainable or layer.name in self._frozen_on_load:
+                layer.trainable = False
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        frozen = sorted(layer.name for layer in self._nested() if not layer.trainable)
+        if self.trainable and frozen:
+            config["frozen"] = frozen
+        return config
+
+
 @register
-class SqueezeExcite(layers.Layer):
+class SqueezeExcite(Composite):
     """Squeeze-and-excitation (Hu et al. 2018): channel gates from pooled features."""
 
     def __init__(self, channels: int, ratio: float = 1 / 16, weight_decay: float = 0.0,
@@ -117,7 +154,7 @@ class SqueezeExcite(layers.Layer):
         self.channels, self.ratio, self.weight_decay = channels, ratio, weight_decay
         self.data_format = data_format or keras.config.image_data_format()
         squeezed = max(1, int(channels * ratio))
-        conv = dict(kernel_size=1, kernel_initializer="he_normal",
+        conv = dict(kernel_size=1, kernel_initializer="he_normal", dtype=self.dtype_policy,
                     kernel_regularizer=l2(weight_decay), data_format=self.data_format)
         self.reduce = layers.Conv2D(squeezed, activation="relu", name="reduce", **conv)
         self.expand = layers.Conv2D(channels, activation="sigmoid", name="expand", **conv)
@@ -127,6 +164,7 @@ class SqueezeExcite(layers.Layer):
         pooled = tuple(1 if i in spatial else d for i, d in enumerate(input_shape))
         self.reduce.build(pooled)
         self.expand.build(self.reduce.compute_output_shape(pooled))
+        self._restore_frozen()
 
     def call(self, x):
         spatial = (2, 3) if self.data_format == "channels_first" else (1, 2)
@@ -169,7 +207,7 @@ class ZeroPadShortcut(layers.Layer):
                 "data_format": self.data_format}
 
 
-class ResidualBlock(layers.Layer):
+class ResidualBlock(Composite):
     """Base of the residual blocks: shortcut, branch, SE, drop-path and the sum.
 
     Args:
@@ -192,7 +230,7 @@ class ResidualBlock(layers.Layer):
     def __init__(self, filters: int, stride: int = 1, *, shortcut: str = "projection",
                  se_ratio: float | None = None, drop_path_rate: float = 0.0,
                  zero_init_residual: bool = False, weight_decay: float = 0.0,
-                 bn_weight_decay: float = 0.0, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
+                 bn_weight_decay: float = 0.0, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON,
                  data_format: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.stride, self.shortcut = filters, stride, shortcut
@@ -211,14 +249,16 @@ class ResidualBlock(layers.Layer):
             filters, kernel, strides=stride, padding="same" if stride == 1 else "valid",
             groups=groups, use_bias=use_bias, data_format=self.data_format,
             kernel_initializer="zeros" if zero else "he_normal",
-            kernel_regularizer=l2(self.weight_decay), name=name)
+            kernel_regularizer=l2(self.weight_decay), dtype=self.dtype_policy, name=name)
 
     def _bn(self, name: str, zero: bool = False) -> BatchNormalization:
         return batch_norm(name, data_format=self.data_format, momentum=self.bn_momentum,
-                          epsilon=self.bn_epsilon, weight_decay=self.bn_weight_decay, zero_gamma=zero)
+                          epsilon=self.bn_epsilon, weight_decay=self.bn_weight_decay, zero_gamma=zero,
+                          dtype=self.dtype_policy)
 
     def _pad(self, stride: int, name: str) -> layers.ZeroPadding2D | None:
-        return layers.ZeroPadding2D(1, data_format=self.data_format, name=name) if stride > 1 else None
+        return (layers.ZeroPadding2D(1, data_format=self.data_format, dtype=self.dtype_policy, name=name)
+                if stride > 1 else None)
 
     # -- structure -----------------------------------------------------------------------
     def build(self, input_shape):
@@ -226,13 +266,13 @@ class ResidualBlock(layers.Layer):
         self.shortcut_kind = self._shortcut_kind(in_channels)
         if self.shortcut_kind == "zeropad":
             self.shortcut_pad = ZeroPadShortcut(self.out_channels, self.stride, self.data_format,
-                                                name="shortcut_pad")
+                                                dtype=self.dtype_policy, name="shortcut_pad")
         elif self.shortcut_kind in ("projection", "avgpool"):
             conv_stride = self.stride
             if self.shortcut_kind == "avgpool" and self.stride > 1:
                 self.shortcut_pool = layers.AveragePooling2D(
                     self.stride, self.stride, padding="same", data_format=self.data_format,
-                    name="shortcut_pool")
+                    dtype=self.dtype_policy, name="shortcut_pool")
                 conv_stride = 1
             self.shortcut_conv = self._conv(self.out_channels, 1, conv_stride,
                                             name="shortcut_conv", use_bias=self.preact)
@@ -241,9 +281,10 @@ class ResidualBlock(layers.Layer):
         self._build_branch(in_channels)
         if self.se_ratio:
             self.se = SqueezeExcite(self.out_channels, self.se_ratio, self.weight_decay,
-                                    self.data_format, name="se")
+                                    self.data_format, dtype=self.dtype_policy, name="se")
         if self.drop_path_rate:
-            self.drop_path = DropPath(self.drop_path_rate, name="drop_path")
+            self.drop_path = DropPath(self.drop_path_rate, dtype=self.dtype_policy, name="drop_path")
+        self._restore_frozen()
 
     def _shortcut_kind(self, in_channels: int) -> str:
         if in_channels == self.out_channels:
@@ -403,11 +444,12 @@ class BatchNormalization(layers.BatchNormalization):
 
     On the TensorFlow backend, training-mode calls on NHWC tensors run TensorFlow's fused
     kernel (`FusedBatchNormV3`, one op forward and one backward instead of Keras's chain of
-    float32 element-wise ops): a whole ResNet-20 training step on this project's 2-core CPU
-    measured 1.23x faster in float32 and ~1.5x in bf16 (benchmarks/README.md). The moving statistics follow the
-    fused kernel's convention (batch variance with Bessel's correction; n/(n-1) differs from
-    Keras's by < 0.02% at CIFAR sizes). Inference, other backends, masks, channels-first,
-    synchronized (cross-replica) BN and `fused=False` use Keras's own path. `freeze=True`
+    float32 element-wise ops; the speed-up is measured in benchmarks/README.md). The moving
+    statistics follow the fused kernel's convention: batch variance with Bessel's correction,
+    n/(n-1). Inference, other backends, masks, channels-first,
+    synchronized (cross-replica) BN, `fused=False` and an epsilon below `FUSED_MIN_EPSILON`
+    (the fused kernel silently raises it to that in training, while inference would use the
+    given one) use Keras's own path. `freeze=True`
     (the old `keras-resnet` API) keeps the layer in inference mode and its weights fixed.
     """
 
@@ -415,12 +457,14 @@ class BatchNormalization(layers.BatchNormalization):
         super().__init__(*args, **kwargs)
         self.freeze = freeze
         self.fused = fused
-        self.trainable = not freeze
+        if freeze:  # never the other way: a saved `trainable=False` stays
+            self.trainable = False
 
     def call(self, inputs, training=None, mask=None):
         training = False if self.freeze else training
         if (training and self.trainable and self.fused and mask is None and not self.synchronized
-                and not self.renorm and keras.backend.backend() == "tensorflow"
+                and not getattr(self, "renorm", False) and self.epsilon >= FUSED_MIN_EPSILON
+                and keras.backend.backend() == "tensorflow"
                 and len(inputs.shape) == 4 and self.axis in (-1, 3)):
             return self._fused_training_call(inputs)
         return super().call(inputs, training=training, mask=mask)

@@ -3,7 +3,10 @@
 Every export is checked right after it is written, before it is moved into place: the
 artifact and the Keras model see the same images, and the report gives max |Δprobability|,
 top-1 agreement and (with labels) the accuracy of both. An artifact whose numbers cross the
-`LIMITS` of its kind is broken, and the export fails.
+`LIMITS` of its kind is broken, and the export fails. Top-1 agreement is checked whether or
+not the images have labels; the exporter verifies quantized artifacts on real images only.
+Images are preprocessed by `evaluation.preprocess`, as `evaluate`, `predict` and the
+SavedModel's image-bytes signatures do.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import data as data_lib
+from keras_resnet import data as data_lib, evaluation
 
 # (max |Δp| allowed, min top-1 agreement required) per numeric kind.
 LIMITS = {"float32": (1e-3, None), "float16": (5e-2, None), "int8": (None, 0.80)}
@@ -34,14 +37,9 @@ class Sample:
     source: str
 
 
-def eval_crop(size: tuple[int, int], configured: float | None = None) -> float | None:
-    """The center-crop fraction of evaluation: the run's setting, else 0.875 from 128 px up."""
-    return configured or (0.875 if max(size) >= 128 else None)
-
-
-def preprocess(raw: tf.Tensor, size: tuple[int, int], crop: float | None) -> tf.Tensor:
-    """Decoded uint8 image -> float32 model input, exactly as training's eval pipeline."""
-    return tf.ensure_shape(data_lib.resize_eval(raw, size, crop), [*size, raw.shape[-1] or 3])
+# The one preprocessing and its crop rule live in `evaluation`; these names stay for callers.
+eval_crop = evaluation.eval_crop
+preprocess = evaluation.preprocess
 
 
 def load_sample(data: str, *, size: tuple[int, int], crop: float | None, count: int,
@@ -98,8 +96,7 @@ def compare(name: str, kind: str, reference: np.ndarray, probabilities: np.ndarr
     max_diff, min_agreement = LIMITS[kind]
     row["ok"] = bool(np.isfinite(probabilities).all()
                      and (max_diff is None or row["max_abs_diff"] <= max_diff)
-                     and (min_agreement is None or labels is None
-                          or row["top1_agreement"] >= min_agreement))
+                     and (min_agreement is None or row["top1_agreement"] >= min_agreement))
     return row
 
 

@@ -11,7 +11,7 @@ import copy
 import tomllib
 from pathlib import Path
 
-from keras_resnet import augment
+from keras_resnet import augment, layers
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -19,8 +19,9 @@ DEFAULTS: dict[str, dict] = {
     "recipe": {"name": "", "description": ""},
     "model": {"depth": 20, "variant": "", "shortcut": "", "groups": 1, "width_per_group": 64,
               "se_ratio": 0.0, "drop_path_rate": 0.0, "zero_init_residual": False,
-              "bn_momentum": 0.9, "bn_epsilon": 1e-5, "sync_bn": False},
-    "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0],
+              "bn_momentum": layers.BN_MOMENTUM, "bn_epsilon": layers.BN_EPSILON, "sync_bn": False,
+              "weights": "", "freeze_bn": False},
+    "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0], "classes": [],
              "eval_crop_fraction": 0.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0},
     "augment": dict(augment.DEFAULTS),
     "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "reference_batch": 128,
@@ -29,7 +30,41 @@ DEFAULTS: dict[str, dict] = {
               "warmup_epochs": 0.0, "boundaries": [], "factor": 0.1, "pct_start": 0.25, "final_div": 100.0,
               "label_smoothing": 0.0, "precision": "auto", "jit_compile": "auto", "ema": False,
               "ema_momentum": 0.999, "seed": 0, "deterministic": False, "validate_every": 1,
-              "steps_per_execution": 1},
+              "steps_per_execution": 1, "head_epochs": 0, "backbone_lr_scale": 1.0},
+}
+
+
+# Allowed values of numeric fields: (test, what the error says it must be).
+RANGES = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "reference_batch": (lambda v: v >= 1, "at least 1"),
+    "steps_per_execution": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema_momentum": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "bn_momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "bn_epsilon": (lambda v: v > 0, "> 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
+    "bn_weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
+    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eval_crop_fraction": (lambda v: 0 <= v <= 1, "in (0, 1], or 0 for no crop"),
+    "max_train_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
+    "max_eval_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
+    "validate_every": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "final_div": (lambda v: v > 0, "> 0"),
+    "factor": (lambda v: v > 0, "> 0"),
+    "pad_crop": (lambda v: v >= 0, ">= 0"),
+    "head_epochs": (lambda v: v >= 0, ">= 0 (0: no head-only phase)"),
+    "backbone_lr_scale": (lambda v: v > 0, "> 0"),
+    "classes": (lambda v: all(isinstance(c, str) and c for c in v), "a list of class names"),
+    "erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "scale": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
+    "cutmix": (lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)"),
 }
 
 
@@ -59,8 +94,9 @@ def _check_value(section: str, key: str, value, default):
     if not ok:
         raise RecipeError(f"{section}.{key} must be a {type(default).__name__} (like {default!r}), "
                           f"got {value!r}.")
-    if key.endswith("weight_decay") and value < 0:
-        raise RecipeError(f"{section}.{key} must be >= 0 (0 turns it off), got {value!r}.")
+    bounds = RANGES.get(key)
+    if bounds and not bounds[0](value):
+        raise RecipeError(f"{section}.{key} must be {bounds[1]}, got {value!r}.")
     return value
 
 

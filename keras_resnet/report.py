@@ -36,8 +36,27 @@ def remove_dead_temporaries(directory: str | os.PathLike, prefix: str) -> None:
             continue
 
 
+def strict(obj):
+    """`obj` with every NaN/inf float (Python or NumPy) replaced by None, so that it is
+    valid JSON for strict parsers (Python's json writes a bare `NaN` otherwise)."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def dumps(obj, **kwargs) -> str:
+    """Strict JSON text of `obj` (see `strict`)."""
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_atomic(path, dumps(obj, indent=2) + "\n")
 
 
 def read_json(path) -> dict | None:
@@ -59,20 +78,22 @@ def write_history_csv(path, history: dict[str, list]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A Matplotlib figure drawn by the Agg canvas: no pyplot, so the process's backend
+    (a notebook's inline one, say) is left as it is."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_curves(path, history: dict[str, list], title: str = "") -> None:
     """Loss, accuracy and learning rate per epoch (validation points where measured)."""
-    plt = _pyplot()
     panels = [("loss", "loss"), ("accuracy", "accuracy"), ("lr", "learning rate")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = _figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for ax, (key, label) in zip(axes, panels):
         for name, style in ((key, "-"), (f"val_{key}", "o--")):
             values = history.get(name)
@@ -88,7 +109,6 @@ def plot_curves(path, history: dict[str, list], title: str = "") -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -99,11 +119,11 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 def plot_confusion(path, matrix: np.ndarray, class_names: list[str], title: str = "") -> None:
     """Row-normalized confusion matrix with class names (for up to 100 classes)."""
-    plt = _pyplot()
     n = len(class_names)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(6, 0.35 * n + 3)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), class_names, rotation=90 if n > 10 else 45, ha="right")
     ax.set_yticks(range(n), class_names)
@@ -117,4 +137,3 @@ def plot_confusion(path, matrix: np.ndarray, class_names: list[str], title: str 
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

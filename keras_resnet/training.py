@@ -21,7 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import augment as augment_lib, data as data_lib, distribute, recipes, report, schedules, specs
+from keras_resnet import (augment as augment_lib, data as data_lib, distribute, finetune, recipes, registry,
+                          report, schedules, specs)
 from keras_resnet.builder import build
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -34,7 +35,7 @@ FLAG_FIELDS = {
     "data_dir": ("data", "data_dir"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "max_train_samples": ("data", "max_train_samples"),
     "max_eval_samples": ("data", "max_eval_samples"), "seed": ("train", "seed"),
-    "precision": ("train", "precision"), "lr": ("train", "lr"),
+    "precision": ("train", "precision"), "lr": ("train", "lr"), "weights": ("model", "weights"),
 }
 
 
@@ -63,10 +64,42 @@ def resolve_config(recipe: str | None = None, overrides: Sequence[str] = (), **f
         return config
 
     if recipe:
-        return assemble(recipe)
+        return _checked(assemble(recipe))
     config = assemble(None)
     side = data_lib.peek_image_side(config["data"]["name"], config["data"]["data_dir"] or None)
-    return assemble("cifar10-fast" if side <= data_lib.MEMORY_MAX_SIDE else "imagenet-resnet50")
+    return _checked(assemble("cifar10-fast" if side <= data_lib.MEMORY_MAX_SIDE else "imagenet-resnet50"))
+
+
+def _checked(config: dict) -> dict:
+    """`config` once the fields that only take some values are checked, so that a bad one
+    fails before a run folder is touched (and without starting TensorFlow's runtime)."""
+    m, t = config["model"], config["train"]
+    try:
+        specs.resnet_spec(m["depth"], m["variant"] or None, groups=m["groups"],
+                          width_per_group=m["width_per_group"], se_ratio=m["se_ratio"] or None,
+                          shortcut=m["shortcut"] or None)
+    except ValueError as err:
+        raise recipes.RecipeError(f"[model] {err}") from err
+    choices = {"precision": ("auto", *PRECISIONS), "schedule": schedules.SCHEDULES}
+    for key, allowed in choices.items():
+        if t[key] not in allowed:
+            raise recipes.RecipeError(f"train.{key} must be one of {', '.join(allowed)}; got {t[key]!r}.")
+    if t["jit_compile"] not in ("auto", True, False):
+        raise recipes.RecipeError(f"train.jit_compile must be 'auto', true or false, got {t['jit_compile']!r}.")
+    if t["head_epochs"] and not m["weights"]:
+        raise recipes.RecipeError("train.head_epochs trains a new head on pretrained weights: give "
+                                  "--weights (model.weights), or set train.head_epochs=0.")
+    record = registry.WEIGHTS.get(m["weights"])
+    if record is not None:  # a published weight: its model, resolution and eval crop
+        d = config["data"]
+        if not all(d["image_size"]):
+            d["image_size"] = [record.train_size, record.train_size]
+        if not d["eval_crop_fraction"]:
+            d["eval_crop_fraction"] = record.crop_pct
+    if m["weights"] and t["head_epochs"] >= t["epochs"]:
+        raise recipes.RecipeError(f"train.head_epochs ({t['head_epochs']}) must be below train.epochs "
+                                  f"({t['epochs']}): the rest fine-tunes the whole network.")
+    return config
 
 
 def resolve_precision(setting: str) -> str:
@@ -98,7 +131,11 @@ def resolve_jit(setting) -> bool:
 
 def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
                 normalization=None) -> keras.Model:
+    """The recipe's model: from scratch with `normalization` (the data's mean, std) inside,
+    or on `model.weights` with a new head (`finetune.build_pretrained`)."""
     m = config["model"]
+    if m["weights"]:
+        return finetune.build_pretrained(config, num_classes=num_classes, image_size=image_size)
     return build(
         m["depth"], variant=m["variant"] or None, num_classes=num_classes,
         input_shape=(*image_size, 3), normalization=normalization, groups=m["groups"],
@@ -109,16 +146,27 @@ def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
         bn_epsilon=m["bn_epsilon"])
 
 
-def compile_model(model: keras.Model, config: dict, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """SGD + the recipe's schedule, label-smoothed cross-entropy, top-1/top-5; returns the schedule."""
+def compile_model(model: keras.Model, config: dict, steps_per_epoch: int,
+                  phase: finetune.Phase | None = None) -> keras.optimizers.schedules.LearningRateSchedule:
+    """SGD + the recipe's schedule, label-smoothed cross-entropy, top-1/top-5; returns the schedule.
+
+    `phase`: the fine-tuning phase to set up (layers frozen as it asks, the backbone's steps
+    scaled by `train.backbone_lr_scale` in the "all" phase); default: the run's first.
+    """
     t = config["train"]
+    phase = phase or finetune.phases(config)[0]
+    finetune.set_trainable(model, phase, config["model"]["freeze_bn"])
+    scaled = (finetune.backbone_variables(model)
+              if config["model"]["weights"] and t["backbone_lr_scale"] != 1.0 else [])
     lr = schedules.scale_lr(t["lr"], t["batch_size"], t["reference_batch"])
     schedule = schedules.make_schedule(
         t["schedule"], lr=lr, steps_per_epoch=steps_per_epoch, epochs=t["epochs"],
         warmup_epochs=t["warmup_epochs"], boundaries=t["boundaries"], factor=t["factor"],
         pct_start=t["pct_start"], final_div=t["final_div"])
-    optimizer = keras.optimizers.SGD(schedule, momentum=t["momentum"], nesterov=t["nesterov"],
-                                     use_ema=t["ema"], ema_momentum=t["ema_momentum"])
+    optimizer = schedules.ScaledSGD(schedule, momentum=t["momentum"], nesterov=t["nesterov"],
+                                    use_ema=t["ema"], ema_momentum=t["ema_momentum"],
+                                    scaled_paths=[v.path for v in scaled],
+                                    scale=t["backbone_lr_scale"])
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
@@ -133,17 +181,18 @@ def build_compiled(config: dict, *, num_classes: int, image_size: Sequence[int],
                    steps_per_epoch: int) -> tuple[keras.Model, keras.optimizers.schedules.LearningRateSchedule, str]:
     """The model and compiled step `train` uses: (model, schedule, precision policy name).
 
-    The mixed-precision policy applies while the layers are built; the global policy is
-    float32 again afterwards.
+    The mixed-precision policy applies while the layers are built; the caller's global
+    policy is restored afterwards.
     """
     precision = resolve_precision(config["train"]["precision"])
-    keras.mixed_precision.set_global_policy(precision)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
     try:
         model = build_model(config, num_classes=num_classes, image_size=image_size,
                             normalization=normalization)
         schedule = compile_model(model, config, steps_per_epoch)
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        keras.config.set_dtype_policy(previous)
     return model, schedule, precision
 
 
@@ -206,24 +255,87 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("epoch-*.weights.h5"), reverse=True)
 
 
+def damaged(path: Path) -> str | None:
+    """Why the HDF5 file `path` is damaged (truncated, corrupt, unreadable data), or None
+    if every dataset in it reads back whole."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception as err:  # h5py raises OSError, KeyError, RuntimeError... on bad bytes
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+    return None
+
+
 def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
                    clean: bool = True) -> int:
-    """Load the newest loadable checkpoint (weights + optimizer); returns its epoch (0: none).
-    `clean` removes half-written temporaries (only the folder's owner does)."""
+    """Load the newest checkpoint (weights + optimizer); returns its epoch (0: none).
+
+    Only a damaged file falls back to the one before. A whole file that does not fit the
+    model (the code or a version changed) stops the run with `RunError`, as does a folder
+    whose every checkpoint is damaged: nothing is overwritten. `clean` removes half-written
+    temporaries (only the folder's owner does).
+    """
     for stale in folder.glob("tmp-*") if clean else ():
         stale.unlink(missing_ok=True)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    for path in checkpoints(folder):
+    found = checkpoints(folder)
+    for path in found:
+        reason = damaged(path)
+        if reason:
+            log(f"Checkpoint {path.name} is damaged ({reason}); trying the previous one.")
+            continue
         try:
             model.load_weights(path)
-            return int(path.name.split("-")[1].split(".")[0])
-        except Exception as err:  # a damaged file: fall back to the one before
-            log(f"Checkpoint {path.name} is unreadable ({type(err).__name__}); trying the previous one.")
+        except Exception as err:
+            raise RunError(
+                f"Checkpoint {path} is intact but does not fit this model ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:200]}); it was left untouched. Resume with the "
+                "keras-resnet version that wrote it, or start anew with another --output "
+                "(or --overwrite).") from err
+        return int(path.name.split("-")[1].split(".")[0])
+    if found:
+        raise RunError(f"Every checkpoint in {folder} is damaged ({', '.join(p.name for p in found)}); "
+                       "they were left untouched. Start anew with another --output (or --overwrite).")
     return 0
 
 
 # -- the run ---------------------------------------------------------------------------------
+
+# What `train` writes into a run folder; --overwrite removes these and nothing else.
+RUN_ENTRIES = ("config.json", "metrics.json", "history.csv", "checkpoints", "logs", "model.keras",
+               "curves.png", "confusion_matrix.png", "tmp-model.keras", ".metrics.json.tmp",
+               ".history.csv.tmp", ".config.json.tmp")
+
+
+def _run_config(folder: Path) -> dict | None:
+    """The configuration of the run folder `folder`; None when it is new or empty.
+    Raises `RunError` for a folder that holds anything else: it is never written to."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        raise RunError(f"--output {folder} is a file, not a run folder; choose a new folder.")
+    if not any(folder.iterdir()):
+        return None
+    saved = report.read_json(folder / "config.json")
+    if not isinstance(saved, dict) or set(saved) != set(recipes.DEFAULTS):
+        raise RunError(f"--output {folder} is not empty and is not a keras-resnet run folder (it has "
+                       "no keras-resnet config.json); nothing in it was changed. Choose a new or "
+                       "empty folder.")
+    return saved
+
+
+def _clear_run(folder: Path) -> None:
+    """Remove what `train` wrote into `folder`; anything else (exports, notes) stays."""
+    for name in RUN_ENTRIES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
 
 def _prepare_folder(folder: Path, config: dict, overwrite: bool, log: Callable[[str], None]) -> str:
     """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`.
@@ -231,10 +343,11 @@ def _prepare_folder(folder: Path, config: dict, overwrite: bool, log: Callable[[
     A run that stopped before its first checkpoint (a bad data path, a crash in epoch 1)
     holds nothing to resume, so a different configuration simply replaces its config.json.
     """
-    if overwrite and folder.exists():
-        shutil.rmtree(folder)
-    saved = report.read_json(folder / "config.json")
-    if (saved is not None and saved != config and set(saved) == set(config)
+    saved = _run_config(folder)
+    if overwrite and saved is not None:
+        _clear_run(folder)
+        saved = None
+    if (saved is not None and saved != config
             and not checkpoints(folder / "checkpoints") and not (folder / "model.keras").exists()):
         log(f"{folder}: its earlier run stopped before its first checkpoint; starting anew with "
             "this configuration.")
@@ -273,6 +386,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike = "runs/defaul
     config = resolve_config(recipe, overrides, **flags)
     strat = distribute.make_strategy(strategy, tpu)
     distribute.check_batch(config["train"]["batch_size"], strat)
+    if distribute.is_multi_worker(strat):
+        distribute.check_multi_worker_keras()  # before the run folder is touched
     chief = distribute.is_chief(strat)
     run_folder = Path(output)
     if chief:
@@ -327,9 +442,28 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         normalization=(splits.mean, splits.std), steps_per_epoch=steps_per_epoch)
     if config["model"]["sync_bn"]:
         distribute.synchronize_batch_norm(model)
-    model.optimizer.build(model.trainable_variables)  # every worker creates the same variables
-    initial_epoch = (restore_latest(model, run_folder / "checkpoints", log, clean=chief)
-                     if state == "resume" else 0)
+    plan = finetune.phases(config)
+    phase = plan[0]
+
+    def enter(next_phase: finetune.Phase) -> None:
+        """Freeze/unfreeze for `next_phase` and compile its optimizer; a new phase's step
+        count continues the run's, so the schedule goes on where it was."""
+        nonlocal phase
+        phase = next_phase
+        if next_phase is not plan[0]:  # `build_compiled` set up the first; every worker agrees
+            compile_model(model, config, steps_per_epoch, next_phase)
+        model.optimizer.build(model.trainable_variables)  # every worker creates the same variables
+        model.optimizer.iterations.assign(next_phase.start * steps_per_epoch)
+
+    initial_epoch = 0
+    if state == "resume":
+        # A checkpoint holds the optimizer of the phase that wrote it: set that phase up first.
+        found = checkpoints(run_folder / "checkpoints")
+        written = int(found[0].name.split("-")[1].split(".")[0]) if found else 0
+        enter(finetune.phase_of(plan, max(written - 1, 0)))
+        initial_epoch = restore_latest(model, run_folder / "checkpoints", log, clean=chief)
+    else:
+        enter(phase)
     initial_epoch = distribute.agree(strat, initial_epoch, "the epoch to resume from")
     if initial_epoch:
         log(f"Resuming from epoch {initial_epoch + 1}")
@@ -363,8 +497,19 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
             random_resized_crop=config["augment"]["random_resized_crop"])
 
     started = time.time()
-    if initial_epoch < t["epochs"]:  # else: only the final evaluation was left to do
-        model.fit(training_batches(initial_epoch), epochs=t["epochs"], initial_epoch=initial_epoch,
+    for next_phase in plan:  # a run resumed after its last epoch only evaluates
+        losses = recorder.history.get("loss", [])
+        if recorder.epochs_completed < next_phase.start or not all(
+                v is not None and math.isfinite(v) for v in losses):
+            break  # an earlier phase stopped (NaN loss, data ran out): reported below
+        if next_phase.end <= initial_epoch:
+            continue  # done before this resume
+        if next_phase is not phase:
+            enter(next_phase)
+        first = max(initial_epoch, next_phase.start)
+        if len(plan) > 1:
+            log(f"Phase {next_phase.name!r}: epochs {first + 1}-{next_phase.end}.")
+        model.fit(training_batches(first), epochs=next_phase.end, initial_epoch=first,
                   steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False,
                   validation_data=eval_ds if t["validate_every"] else None,
                   validation_freq=max(t["validate_every"], 1))
@@ -372,12 +517,16 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     kept = checkpoints(folder / "checkpoints")
     kept = f"the last good checkpoint is kept ({kept[0] if kept else 'none'})"
     bad = next((i for i, v in enumerate(losses) if v is None or not math.isfinite(v)), None)
+    stopped = None
     if bad is not None:
-        raise RunError(f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
-                       "Lower train.lr or check the data.")
-    if recorder.epochs_completed < t["epochs"]:
-        raise RunError(f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
-                       f"the input ran out of data (unreadable images dropped?); {kept}.")
+        stopped = (f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
+                   "Lower train.lr or check the data.")
+    elif recorder.epochs_completed < t["epochs"]:
+        stopped = (f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
+                   f"the input ran out of data (unreadable images dropped?); {kept}.")
+    if stopped:
+        recorder.write(status="failed", error=stopped)
+        raise RunError(stopped)
     bn_batches = None
     if t["ema"]:
         # `fit` swaps the averages in when it ends; a run resumed after its last epoch skips `fit`.
@@ -391,7 +540,8 @@ def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Split
     t, d = config["train"], config["data"]
     splits = data_lib.load(d["name"], data_dir=d["data_dir"] or None, cache_dir=d["cache_dir"] or None,
                            max_train_samples=d["max_train_samples"] or None,
-                           max_eval_samples=d["max_eval_samples"] or None, seed=t["seed"])
+                           max_eval_samples=d["max_eval_samples"] or None, seed=t["seed"],
+                           classes=d["classes"] or None)
     if splits.skipped:
         log(f"Skipped {len(splits.skipped)} unreadable or non-image file(s): "
             f"{', '.join(splits.skipped[:5])}{' ...' if len(splits.skipped) > 5 else ''}")
@@ -433,7 +583,7 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: RunRecorde
     the training precision), plots."""
     final = build_model(config, num_classes=splits.num_classes, image_size=image_size,
                         normalization=(splits.mean, splits.std))
-    final.set_weights(model.get_weights())
+    finetune.copy_weights(model, final, skip=())  # by path: frozen layers reorder get_weights()
     if bn_batches is not None:
         count = recalibrate_batch_norm(final, bn_batches)
         log(f"Re-estimated the BN statistics of the averaged (EMA) weights on {count} training batches.")
@@ -504,12 +654,44 @@ def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) ->
     return result
 
 
+class _StepTimer(keras.callbacks.Callback):
+    """Wall time and this process's CPU time of every training/predict step."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+        self.cpu_times: list[float] = []
+        self._start = self._cpu_start = 0.0
+
+    def _begin(self, batch, logs=None):
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+
+    def _end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+        self.cpu_times.append(time.process_time() - self._cpu_start)
+
+    on_train_batch_begin = on_predict_batch_begin = _begin
+    on_train_batch_end = on_predict_batch_end = _end
+
+
 def benchmark(depth: int = 20, *, mode: str = "train", batch_size: int = 128, steps: int = 50,
-              warmup: int = 5, precision: str = "auto", jit_compile="auto",
+              warmup: int = 5, rounds: int = 5, precision: str = "auto", jit_compile="auto",
               num_classes: int | None = None) -> dict:
-    """Images/s of the package's own compiled `fit` (or `predict`) step on synthetic data."""
+    """Images/s of the package's own compiled `fit` (or `predict`) step on synthetic data.
+
+    After `warmup` steps, `rounds` windows of `steps` steps each are timed in one run,
+    step by step. One window can lose whole seconds to a stall of the machine, so the
+    result reports every window and their best, median and spread (`images_per_sec` is
+    the median), plus the slowest single step. `window_cpu_cores` is the process's CPU
+    time over wall time per window: a slow window with fewer busy cores waited for CPUs
+    (other processes, the host), one with as many did more work per step.
+    """
     if mode not in ("train", "predict"):
         raise ValueError(f"mode must be 'train' or 'predict', got {mode!r}.")
+    for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1),
+                             ("warmup", warmup, 1), ("rounds", rounds, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}.")
     config = recipes.load("cifar10-fast")
     config["model"]["depth"] = depth
     config["train"].update(batch_size=batch_size, precision=precision, jit_compile=jit_compile)
@@ -518,22 +700,29 @@ def benchmark(depth: int = 20, *, mode: str = "train", batch_size: int = 128, st
     classes = num_classes or classes
     model, _, policy = build_compiled(config, num_classes=classes, image_size=size,
                                       normalization=((125.0,) * 3, (60.0,) * 3),
-                                      steps_per_epoch=steps + warmup)
+                                      steps_per_epoch=steps * rounds + warmup)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, *size, 3)).astype("float32")
     y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch_size)]
     ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(tf.data.AUTOTUNE)
+    timer = _StepTimer()
     if mode == "train":
         model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
-        start = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        model.fit(ds, steps_per_epoch=steps * rounds, epochs=1, verbose=0, callbacks=[timer])
     else:
         images = ds.map(lambda a, b: a)
         model.predict(images, steps=warmup, verbose=0)
-        start = time.perf_counter()
-        model.predict(images, steps=steps, verbose=0)
-    seconds = time.perf_counter() - start
+        model.predict(images, steps=steps * rounds, verbose=0, callbacks=[timer])
+    windows = [sum(timer.times[i * steps:(i + 1) * steps]) for i in range(rounds)]
+    cpu = [sum(timer.cpu_times[i * steps:(i + 1) * steps]) for i in range(rounds)]
+    rates = sorted(batch_size * steps / w for w in windows)
+    median = float(np.median(rates))
     return {"model": model.name, "mode": mode, "batch_size": batch_size, "steps": steps,
-            "precision": policy, "jit_compile": bool(model.jit_compile),
-            "backend": keras.backend.backend(), "seconds": round(seconds, 3),
-            "images_per_sec": round(batch_size * steps / seconds, 1)}
+            "rounds": rounds, "precision": policy, "jit_compile": bool(model.jit_compile),
+            "backend": keras.backend.backend(), "images_per_sec": round(median, 1),
+            "best_images_per_sec": round(rates[-1], 1), "worst_images_per_sec": round(rates[0], 1),
+            "spread": round((rates[-1] - rates[0]) / median, 3),
+            "window_seconds": [round(w, 3) for w in windows],
+            "window_cpu_cores": [round(c / w, 2) for c, w in zip(cpu, windows)],
+            "median_step_ms": round(1000 * float(np.median(timer.times)), 2),
+            "slowest_step_ms": round(1000 * max(timer.times), 2)}

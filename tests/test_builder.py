@@ -99,7 +99,7 @@ def test_init_and_regularization_conventions():
     assert all(c.kernel_regularizer.l2 == pytest.approx(2.5e-4) for c in convs)
     assert dense.kernel_regularizer.l2 == pytest.approx(2.5e-4)
     assert all(c.bias_regularizer is None for c in convs) and dense.bias_regularizer is None
-    assert all(b.momentum == 0.9 and b.epsilon == 1e-5 for b in bns)
+    assert all(b.momentum == 0.9 and b.epsilon == 1.001e-5 for b in bns)
     assert all(b.gamma_regularizer is None and b.beta_regularizer is None for b in bns)
     # One penalty per conv and dense kernel, nothing else.
     assert len(model.losses) == len(convs) + 1

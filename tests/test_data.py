@@ -74,9 +74,23 @@ def test_pipelines_batch_shapes_and_epoch_order():
 
 
 def test_imagenet_style_eval_resize_and_center_crop():
-    image = tf.zeros((300, 400, 3), tf.uint8)
+    """A real image (a CIFAR-10 ship enlarged to 300x400), not a constant one: the shorter
+    side goes to 224 / 0.875 = 256 (antialiased), then the center 224x224 is kept; without a
+    crop it is a plain resize, and an image already at the size is left as it is."""
+    src = tf.io.decode_jpeg(tf.io.read_file(str(sorted((CIFAR_DIR / "test" / "ship").glob("*.jpg"))[0])))
+    image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(src, (300, 400), method="bicubic")),
+                                     0, 255), tf.uint8)
+    assert float(tf.math.reduce_std(tf.cast(image, tf.float32))) > 20  # real content
     out = data.resize_eval(image, (224, 224), 0.875)
     assert out.shape == (224, 224, 3) and out.dtype == tf.float32
+    # 300x400 -> 256x341 (400 * 256 / 300 = 341.3); the crop starts at (16, 58)
+    resized = tf.image.resize(tf.cast(image, tf.float32), (256, 341), antialias=True).numpy()
+    np.testing.assert_allclose(out.numpy(), resized[16:240, 58:282], atol=1e-3)
+    squashed = tf.image.resize(tf.cast(image, tf.float32), (224, 224)).numpy()
+    assert np.abs(out.numpy() - squashed).mean() > 5  # a crop, not a squash
+    np.testing.assert_allclose(data.resize_eval(image, (64, 48), None).numpy(),
+                               tf.image.resize(tf.cast(image, tf.float32), (64, 48)).numpy(), atol=1e-4)
+    np.testing.assert_array_equal(data.resize_eval(src, (32, 32), None).numpy(), src.numpy())
 
 
 def test_train_pipeline_holds_an_in_memory_split_once():
@@ -94,3 +108,66 @@ def test_train_pipeline_holds_an_in_memory_split_once():
     resumed = [y.numpy().argmax(-1) for _, y in data.train_pipeline(
         splits.train.map(lambda x, y: (x, tf.one_hot(y, 10))), epochs=2, **{**kwargs, "initial_epoch": 1})]
     assert len(full) == 12 and all(np.array_equal(a, b) for a, b in zip(full[6:], resumed))
+
+
+TFDS_DIR = CIFAR_DIR.parent / "tensorflow_datasets"
+
+
+def _tree_state(root):
+    """Every file and folder under `root` with its size and modification time."""
+    return sorted((str(p.relative_to(root)), p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in [root, *root.rglob("*")])
+
+
+def test_tfds_cifar10_from_the_prepared_data_dir():
+    """The TFDS path on the real, lossless CIFAR-10 (TFDS's own prepared format): names, counts,
+    dtypes, a stratified subset, the published pixel statistics, and a read-only data_dir."""
+    before = _tree_state(TFDS_DIR)
+    splits = data.load("cifar10", data_dir=str(TFDS_DIR), max_train_samples=2000, max_eval_samples=500, seed=0)
+    assert splits.source == "tfds:cifar10"
+    assert splits.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                  "ship", "truck"]
+    assert (splits.num_train, splits.num_test, splits.image_size) == (2000, 500, (32, 32))
+    train = [(x.numpy(), y.numpy()) for x, y in splits.train]
+    test_labels = np.array([int(y) for _, y in splits.test])
+    image, label = train[0]
+    assert image.dtype == np.uint8 and image.shape == (32, 32, 3) and label.dtype == np.int32
+    labels = np.array([y for _, y in train])
+    assert len(train) == 2000 and np.bincount(labels, minlength=10).tolist() == [200] * 10
+    assert len(test_labels) == 500 and np.bincount(test_labels, minlength=10).tolist() == [50] * 10
+    # Real pixels: the training set's published per-channel mean and std (on [0, 1]) within
+    # what a 2,000-image sample allows (standard error of the mean ~0.005).
+    pixels = np.stack([x for x, _ in train]).reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(pixels.mean(axis=0), (0.4914, 0.4822, 0.4465), atol=0.012)
+    np.testing.assert_allclose(pixels.std(axis=0), (0.2470, 0.2435, 0.2616), atol=0.012)
+    # The normalization statistics the model gets are those of these images, on [0, 255].
+    np.testing.assert_allclose(splits.mean, pixels.mean(axis=0) * 255, rtol=1e-6)
+    np.testing.assert_allclose(splits.std, pixels.std(axis=0) * 255, rtol=1e-6)
+    assert _tree_state(TFDS_DIR) == before  # nothing written into the shared folder
+
+
+def test_classes_keep_and_relabel_a_subset_of_a_folder(tmp_path):
+    root = small_cifar_folder(tmp_path, ("cat", "dog", "frog"), per_class=4)
+    splits = data.load(str(root), classes=["frog", "cat"])
+    assert splits.class_names == ["frog", "cat"] and splits.num_train == 8 and splits.num_test == 8
+    frog = data.decode_file(str(sorted((root / "train" / "frog").iterdir())[0]))
+    labels = {int(label): [] for _, label in splits.train}
+    for image, label in splits.train:
+        labels[int(label)].append(image.numpy())
+    assert sorted(labels) == [0, 1] and any(np.array_equal(frog, img) for img in labels[0])
+    with pytest.raises(data.DataError, match=r"data.classes \['frog', 'horse'\]: unknown \['horse'\].*has \['cat', 'dog', 'frog'\]"):
+        data.load(str(root), classes=["frog", "horse"])
+
+
+def test_classes_keep_and_relabel_a_subset_of_tfds_cifar10():
+    import tensorflow_datasets as tfds
+
+    tfds_dir = str(TFDS_DIR)
+    splits = data.load("cifar10", data_dir=tfds_dir, classes=["truck", "airplane"], include_train=False)
+    assert splits.class_names == ["truck", "airplane"] and splits.num_test == 2000
+    kept = {image.numpy().tobytes(): int(label) for image, label in splits.test}
+    assert len(kept) == 2000 and sorted(set(kept.values())) == [0, 1]
+    original = tfds.load("cifar10", split="test[:1000]", data_dir=tfds_dir, as_supervised=True)
+    expected = {9: 0, 0: 1}  # truck, airplane -> their order in `classes`
+    for image, label in tfds.as_numpy(original):
+        assert kept.get(image.tobytes(), -1) == expected.get(int(label), -1)

@@ -6,9 +6,11 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -170,25 +172,104 @@ def test_tensor_signature_rejects_wrong_size_and_dtype(serving):
     fn = loaded.signatures["serving_default"]
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match=r"expected shape \[batch, 32, 32, 3\]"):
         fn(images=tf.zeros([1, 64, 64, 3]))
+    # uint8 pixels: the request carries a DT_UINT8 tensor, which the server hands to the
+    # SavedModel unconverted; the exported signature itself refuses it (float32 only).
     request = predict_pb2.PredictRequest()
-    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros([1, 32, 32, 3], np.uint8)))
-    with pytest.raises(TypeError, match="float32"):
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(decoded(JPEGS[:1]).astype(np.uint8)))
+    assert request.inputs["images"].dtype == tf.uint8.as_datatype_enum
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected to be a float tensor but is a uint8"):
         grpc_predict(loaded, request)
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(decoded(JPEGS[:1])))  # the same pixels, float32
+    assert tf.make_ndarray(grpc_predict(loaded, request).outputs["probabilities"]).shape == (1, 10)
 
 
-def test_existing_version_is_refused_untouched_and_overwrite_replaces(serving, model_path):
+class Watcher:
+    """Polls a path from a thread while an export runs: every look must find it whole."""
+
+    def __init__(self, path, read):
+        self.path, self.read, self.seen, self.missing = path, read, set(), 0
+        self.looks, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self._stop.is_set():
+            try:
+                self.seen.add(self.read(self.path))
+            except FileNotFoundError:
+                self.missing += 1
+            self.looks += 1
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+RENAMES = []  # (event, args) of renames and removals while a test records them
+RECORDING = threading.Event()
+
+
+def _audit(event, args):
+    if RECORDING.is_set() and event in ("os.rename", "os.remove", "os.rmdir", "shutil.rmtree"):
+        RENAMES.append((event, tuple(os.path.abspath(os.fspath(a)) if isinstance(a, (str, os.PathLike))
+                                     else a for a in args)))
+
+
+sys.addaudithook(_audit)
+
+
+def test_existing_version_is_never_replaced_and_the_next_one_is_published(serving, model_path):
+    """A server polling BASE/NAME never sees version 1 missing or changed: overwriting it is
+    refused (with or without --overwrite) and a new model becomes the next version."""
     base, _, _ = serving
     version = base / "resnet8" / "1"
     before = tree_digest(version)
     result = cli("export", str(model_path), "--format", "saved_model", "--output", str(base),
-                 "--name", "resnet8", "--version", "1", "--verify-samples", "10")
+                 "--name", "resnet8", "--version", "1", "--verify-samples", "10", "--overwrite")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "already exists" in last_line(result) and "--overwrite" in last_line(result)
+    assert last_line(result).startswith("keras-resnet export: error: Version ")
+    assert "never replaced" in last_line(result) and "Publish the next version" in last_line(result)
     assert tree_digest(version) == before
-    exporter.export(model_path, "saved_model", base, name="resnet8", version=1, overwrite=True,
-                    verify_samples=10, log=lambda _: None)
-    report = json.loads((version / "assets.extra" / "export_report.json").read_text())
-    assert report["rows"][0]["images"] == 10  # the new export, whole
+    with Watcher(version, tree_digest) as watcher:
+        with pytest.raises(exporter.ExportError, match="never replaced, even with --overwrite"):
+            exporter.export(model_path, "saved_model", base, name="resnet8", version=1,
+                            overwrite=True, verify_samples=10, log=lambda _: None)
+        published = exporter.export(model_path, "saved_model", base, name="resnet8",
+                                    overwrite=True, verify_samples=10, log=lambda _: None)
+    assert watcher.missing == 0 and watcher.seen == {before} and watcher.looks > 10
+    new = base / "resnet8" / published["artifact"].rsplit("/", 1)[-1]
+    assert int(new.name) == max(int(p.name) for p in (base / "resnet8").iterdir())
+    assert new.name != "1" and (new / "saved_model.pb").is_file()
+    assert not [p for p in (base / "resnet8").iterdir() if not p.name.isdigit()]  # no temporaries
+
+
+def test_file_overwrite_is_one_atomic_replace(model_path, tmp_path):
+    """--overwrite of a .tflite file: the path always holds the old file or the new one,
+    whole, and is never renamed away or removed (one os.replace of a fsynced temporary)."""
+    out = tmp_path / "m.tflite"
+    exporter.export(model_path, "tflite", out, verify_samples=20, log=lambda _: None)
+    old = out.read_bytes()
+    RENAMES.clear()
+    RECORDING.set()
+    try:
+        with Watcher(out, lambda p: hashlib.sha256(p.read_bytes()).hexdigest()) as watcher:
+            exporter.export(model_path, "tflite", out, quantize="float16", overwrite=True,
+                            verify_samples=20, log=lambda _: None)
+    finally:
+        RECORDING.clear()
+    new = out.read_bytes()
+    assert new != old and len(new) < len(old) * 0.7  # float16 weights
+    assert watcher.missing == 0 and watcher.looks > 10
+    assert watcher.seen <= {hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()}
+    target = os.path.abspath(out)
+    touching = [(e, a) for e, a in RENAMES if target in a[:2]]
+    assert touching and all(e == "os.rename" and a[1] == target for e, a in touching), touching
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.report.json"]
+    assert json.loads((tmp_path / "m.tflite.report.json").read_text())["quantize"] == "float16"
 
 
 def test_killed_export_leaves_no_version_and_is_cleaned_up(model_path, tmp_path):
@@ -269,18 +350,71 @@ def test_in_memory_model_without_data_verifies_on_synthetic_images(tmp_path):
 
 def test_broken_artifact_fails_and_is_removed(tmp_path, model_path):
     """int8 calibrated on blank images: real images saturate, the artifact is useless."""
-    blank = tmp_path / "blank"
-    for split in ("train", "test"):
-        for name in ("a", "b"):
-            (blank / split / name).mkdir(parents=True)
-            for i in range(4):
-                (blank / split / name / f"{i}.png").write_bytes(
-                    tf.io.encode_png(tf.fill([32, 32, 3], tf.constant(i, tf.uint8))).numpy())
+    blank = blank_folder(tmp_path / "blank")
     out = tmp_path / "out" / "m8.tflite"
     with pytest.raises(exporter.ExportError, match="does not match the Keras model"):
         exporter.export(model_path, "tflite", out, quantize="int8", calibration_data=str(blank),
                         verify_data=str(CIFAR_DIR), verify_samples=200, log=lambda _: None)
     assert list(out.parent.iterdir()) == []
+
+
+def blank_folder(root):
+    """train/ and test/ of two classes of constant images (values 0..3): useless for calibration."""
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(4):
+                (root / split / name / f"{i}.png").write_bytes(
+                    tf.io.encode_png(tf.fill([32, 32, 3], tf.constant(i, tf.uint8))).numpy())
+    return root
+
+
+def test_agreement_is_checked_without_labels(keras_model, tmp_path):
+    """A genuinely broken int8 file (calibrated on blank images) on real, unlabeled images:
+    its top-1 agreement with Keras is low, and the row fails although it has no labels."""
+    images = decoded([p for c in CLASSES for p in sorted((CIFAR_DIR / "test" / c).glob("*.jpg"))[10:20]])
+    blank = np.stack([np.full([32, 32, 3], float(i % 4), np.float32) for i in range(16)])
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(exporter.tflite_model(keras_model, "int8", blank))
+    good = tmp_path / "good.tflite"
+    good.write_bytes(exporter.tflite_model(keras_model, "int8", images[::4]))
+    reference = keras_model.predict(images, verbose=0)
+    bad_row = parity.compare("tflite:int8", "int8", reference, parity.tflite_runner(broken)(images), None)
+    assert bad_row["top1_agreement"] < 0.8 and bad_row["ok"] is False
+    good_row = parity.compare("tflite:int8", "int8", reference, parity.tflite_runner(good)(images), None)
+    assert good_row["top1_agreement"] >= 0.8 and good_row["ok"] is True
+
+
+def test_quantized_export_without_real_images_fails_before_writing(model_path, tmp_path):
+    """float16/dynamic need real images for their agreement check: with none (no run folder,
+    no --verify-data), the export stops before writing anything and says what to pass."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(model_path, bare / "model.keras")  # no config.json: no recorded data
+    out = tmp_path / "out"
+    result = cli("export", str(bare / "model.keras"), "--format", "tflite", "--quantize", "dynamic",
+                 "--output", str(out / "m.tflite"), timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = last_line(result)
+    assert line.startswith("keras-resnet export: error: --quantize dynamic is verified on real images")
+    assert line.endswith("pass --verify-data FOLDER_OR_TFDS_NAME (verify_data=...).")
+    model = keras.models.load_model(model_path)
+    with pytest.raises(exporter.ExportError, match=r"--quantize float16 .*no run folder.*"
+                                                   r"--verify-data FOLDER_OR_TFDS_NAME"):
+        exporter.export(model, "tflite", out / "m16.tflite", quantize="float16", log=lambda _: None)
+    moved = tmp_path / "moved"  # a run folder whose recorded data is not here
+    moved.mkdir()
+    shutil.copy(model_path, moved / "model.keras")
+    config = json.loads((model_path.parent / "config.json").read_text())
+    config["data"]["name"] = str(tmp_path / "gone" / "cifar10-jpeg")
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(exporter.ExportError, match=r"data '.*gone.*' is not readable here.*--verify-data"):
+        exporter.export(moved / "model.keras", "tflite", out / "m8.tflite", quantize="dynamic",
+                        log=lambda _: None)
+    assert not out.exists() and sorted(p.name for p in moved.iterdir()) == ["config.json", "model.keras"]
+    # the float32 file may still use the synthetic batch
+    result = exporter.export(model, "tflite", out / "m32.tflite", verify_samples=10, log=lambda _: None)
+    assert result["verification_data"].startswith("synthetic") and result["ok"]
 
 
 def test_bad_requests(tmp_path, model_path):

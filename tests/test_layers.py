@@ -105,8 +105,9 @@ def test_compat_batch_normalization_freeze():
 def _bn_pair(dtype_policy):
     """Keras's BatchNormalization and ours, with the same random weights and statistics."""
     rng = np.random.default_rng(0)
-    pair = [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype_policy),
-            kr.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype_policy)]
+    eps = kr.layers.FUSED_MIN_EPSILON  # the smallest the fused kernel trains with as given
+    pair = [keras.layers.BatchNormalization(momentum=0.9, epsilon=eps, dtype=dtype_policy),
+            kr.layers.BatchNormalization(momentum=0.9, epsilon=eps, dtype=dtype_policy)]
     for bn in pair:
         bn.build((None, 6, 6, 4))
     values = [rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.5, 2, 4)]

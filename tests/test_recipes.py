@@ -57,3 +57,23 @@ def test_without_recipe_the_data_picks_it():
 def test_bad_recipes_are_clear_errors(call, match):
     with pytest.raises(recipes.RecipeError, match=match):
         call()
+
+
+def test_every_shipped_recipes_augment_section_changes_real_images(cifar_images):
+    """The [augment] section of each shipped recipe, as `train` passes it on, builds an
+    augmenter that really alters real images and keeps their shape and range."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_resnet import augment
+
+    for name in recipes.available():
+        fields = {k: v for k, v in recipes.load(name)["augment"].items() if k != "random_resized_crop"}
+        fn = augment.build_augmenter(fields, seed=0)
+        assert fn is not None, name
+        out, _ = fn(tf.constant(cifar_images), tf.one_hot(np.arange(20) % 10, 10))
+        out = out.numpy()
+        assert out.shape == cifar_images.shape and 0 <= out.min() and out.max() <= 255 + 1e-3, name
+        changed = np.abs(out - cifar_images).mean(axis=(1, 2, 3)) > 0
+        # flip alone changes about half the images; with pad-crop (81 offsets) nearly all
+        assert changed.mean() >= (0.9 if fields["pad_crop"] else 0.25), (name, changed.mean())

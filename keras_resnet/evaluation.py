@@ -1,0 +1,252 @@
+"""Evaluation, prediction and serving share one preprocessing: image -> model input.
+
+`preprocess(image, size, crop)` is the only path from a decoded image (uint8 HxWxC, any
+size) to what a model takes (float32 HxWxC RGB pixels in [0, 255] at its input size):
+
+- `crop` set (e.g. 0.875): resize the shorter side to max(size) / crop (antialiased), then
+  center-crop `size` (ImageNet evaluation);
+- `crop` None: resize to `size` (a no-op for an image already at `size`).
+
+`size` is the model's input size; `crop` is the run's `data.eval_crop_fraction` from the
+`config.json` beside `model.keras` (0: no crop), or, for a model outside a run folder,
+0.875 for inputs of 128 px and up (`eval_crop`). The training run's own evaluation
+(`data.eval_pipeline`), `evaluate`, `predict`, the SavedModel's `serving_bytes` and
+`tf_example` signatures, and the export parity check all apply it, so one file gets one
+model input everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_resnet import data as data_lib, report
+
+DEFAULT_CROP = 0.875
+DEFAULT_CROP_FROM_SIDE = 128  # a model outside a run folder: crop from this input side up
+
+
+class ModelError(ValueError):
+    """A model file or model that cannot be used as given; the message says what to change."""
+
+
+# -- the model --------------------------------------------------------------------------------
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """A `.keras` model file, loaded in safe mode (our layers are registered on import)."""
+    import keras_resnet  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Model file {path} not found.")
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:
+        if "safe_mode" in str(err):
+            raise ModelError(f"{path} is not a loadable .keras model in safe mode: it holds a "
+                             "Lambda layer (arbitrary Python code). Rebuild the model without it; "
+                             "safe mode stays on.") from err
+        raise ModelError(f"{path} is not a loadable .keras model ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]}). Pass a model saved with "
+                         "model.save('model.keras'), e.g. run/model.keras from `train`.") from err
+
+
+class Layout:
+    """Input size and channel order of a classifier, and its probabilities."""
+
+    def __init__(self, model: keras.Model):
+        if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.output_shape) != 2:
+            raise ModelError(f"{model.name} has {len(model.inputs)} input(s) and outputs "
+                             f"{model.output_shape}; it needs one image input and one "
+                             "class-score output (build with include_top=True).")
+        shape = tuple(model.input_shape[1:])
+        self.channels_first = shape[0] in (1, 3) and shape[-1] not in (1, 3)
+        height, width, channels = (shape[1], shape[2], shape[0]) if self.channels_first else shape
+        if None in (height, width, channels):
+            raise ModelError(f"{model.name} has no fixed input size (input shape "
+                             f"{model.input_shape}). Rebuild it with one, e.g. "
+                             "build(..., input_shape=(224, 224, 3)), copy the weights with "
+                             "set_weights, and use that model.")
+        self.size = (height, width)
+        self.channels = channels
+        self.num_classes = model.output_shape[-1]
+        activation = getattr(model.layers[-1], "activation", None)
+        self.softmax_inside = getattr(activation, "__name__", "") == "softmax"
+
+    def probabilities(self, model: keras.Model, images: tf.Tensor) -> tf.Tensor:
+        """NHWC pixels in [0, 255] -> float32 probabilities (softmax added for logit models).
+        Traceable: the SavedModel's signatures call it too."""
+        x = tf.transpose(images, [0, 3, 1, 2]) if self.channels_first else images
+        out = tf.cast(model(x, training=False), tf.float32)
+        return out if self.softmax_inside else tf.nn.softmax(out)
+
+    def predict(self, model: keras.Model, images, batch_size: int = 64) -> np.ndarray:
+        """`probabilities` of preprocessed NHWC images, in batches, as a numpy array."""
+        fn = self.compiled(model)
+        images = np.asarray(images, np.float32)
+        out = [fn(tf.constant(images[i:i + batch_size])).numpy()
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
+
+    def compiled(self, model: keras.Model):
+        """`probabilities` of `model` as one tf.function (batches of any size)."""
+        if getattr(self, "_fn", None) is None or self._fn_model is not model:
+            self._fn_model = model
+            self._fn = tf.function(lambda x: self.probabilities(model, x), reduce_retracing=True)
+        return self._fn
+
+
+# -- what the run folder records ---------------------------------------------------------------
+
+def run_context(model_path: str | os.PathLike | None) -> dict:
+    """What the run folder beside a `train` model records: data, eval crop, class names.
+
+    `crop` is the run's `data.eval_crop_fraction` (0.0: none) when the folder has a
+    config.json, else None (no run configuration known)."""
+    if model_path is None:
+        return {}
+    folder = Path(model_path).resolve().parent
+    config = report.read_json(folder / "config.json")
+    metrics = report.read_json(folder / "metrics.json") or {}
+    data = (config or {}).get("data", {})
+    return {"data": data.get("name") or None, "data_dir": data.get("data_dir") or None,
+            "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
+            "class_names": metrics.get("class_names"), "folder": folder}
+
+
+def eval_crop(size: Sequence[int], configured: float | None = None) -> float | None:
+    """The center-crop fraction of evaluation: the run's `configured` setting (0: none)
+    when there is one, else 0.875 from 128 px up."""
+    if configured is not None:
+        if not 0 <= configured <= 1:
+            raise ModelError(f"data.eval_crop_fraction must be in (0, 1] (0: no crop), not "
+                             f"{configured}; fix it in the run's config.json.")
+        return float(configured) or None
+    return DEFAULT_CROP if max(size) >= DEFAULT_CROP_FROM_SIDE else None
+
+
+# -- the one preprocessing ---------------------------------------------------------------------
+
+def preprocess(image, size: Sequence[int], crop: float | None) -> tf.Tensor:
+    """Decoded image (uint8 HxWxC, any size) -> float32 model input (`size` + C, RGB pixels
+    in [0, 255]). Eager or traced (tf.data, SavedModel signatures) give the same numbers."""
+    image = tf.convert_to_tensor(image)
+    size = tuple(int(s) for s in size)
+    return tf.ensure_shape(data_lib.resize_eval(image, size, crop), [*size, image.shape[-1] or 3])
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """`preprocess` with a model's size and a run's crop bound; callable on one image."""
+
+    size: tuple[int, int]
+    crop: float | None
+    channels: int = 3
+
+    def __call__(self, image) -> tf.Tensor:
+        return preprocess(image, self.size, self.crop)
+
+    def describe(self) -> dict:
+        return {"image_size": list(self.size), "crop_fraction": self.crop}
+
+
+def preprocessing_for(model: keras.Model, model_path: str | os.PathLike | None = None,
+                      context: dict | None = None) -> Preprocessing:
+    """The preprocessing of `model`: its input size and its run's eval crop."""
+    layout = Layout(model)
+    context = run_context(model_path) if context is None else context
+    return Preprocessing(layout.size, eval_crop(layout.size, context.get("crop")), layout.channels)
+
+
+def decode_file(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """One image file as uint8 HxWxC, decoded as the `serving_bytes` signature decodes."""
+    try:
+        encoded = tf.io.read_file(str(path))
+        return tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
+    except tf.errors.NotFoundError:
+        raise data_lib.DataError(f"Cannot read image {path}: no such file.") from None
+    except tf.errors.OpError as err:
+        first = (err.message or type(err).__name__).splitlines()[0]
+        first = re.sub(r"\s*\[Op:.*$", "", re.sub(r"\{\{[^}]*\}\}\s*", "", first)).rstrip(". ")
+        raise data_lib.DataError(f"Cannot read image {path}: {first}. Pass JPEG or PNG "
+                                 "files.") from None
+
+
+# -- predict and evaluate ----------------------------------------------------------------------
+
+def class_names(model_path: str | os.PathLike | None, count: int,
+                context: dict | None = None) -> list[str]:
+    """The run's class names when they fit the model, else "0", "1", ..."""
+    names = (run_context(model_path) if context is None else context).get("class_names")
+    return list(names) if names and len(names) == count else [str(i) for i in range(count)]
+
+
+def predict_files(model_path: str | os.PathLike, paths: Sequence[str | os.PathLike],
+                  top_k: int = 5, *, batch_size: int = 64) -> list[dict]:
+    """The top-k classes of each image file: [{"path", "top": [{"class", "index",
+    "probability"}, ...]}], most probable first. Images go through `preprocess` with the
+    model's run configuration, as in `evaluate` and the SavedModel's `serving_bytes`."""
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, not {top_k}.")
+    if not paths:
+        raise ValueError("Give at least one image file.")
+    model = load_model(model_path)
+    layout = Layout(model)
+    context = run_context(model_path)
+    prep = preprocessing_for(model, context=context)
+    names = class_names(model_path, layout.num_classes, context)
+    images = np.stack([prep(decode_file(p, layout.channels)).numpy() for p in paths])
+    probs = layout.predict(model, images, batch_size)
+    results = []
+    for path, p in zip(paths, probs):
+        top = np.argsort(-p, kind="stable")[:top_k]
+        results.append({"path": str(path), "top": [
+            {"class": names[i], "index": int(i), "probability": float(p[i])} for i in top]})
+    return results
+
+
+def evaluate(model_path: str | os.PathLike, data: str, *, split: str = "test",
+             data_dir: str | None = None, max_samples: int | None = None,
+             batch_size: int = 256, flip_tta: bool = False, seed: int = 0) -> dict:
+    """Top-1, top-5, loss, per-class accuracy (and, for <= 100 classes, the confusion matrix)
+    of a `.keras` model on `split` ("test" or "train", unaugmented) of a folder or TFDS
+    dataset, its images preprocessed as the run's own evaluation did (`preprocess`)."""
+    from keras_resnet import training
+
+    if split not in ("test", "train"):
+        raise ValueError(f"Unknown split {split!r}; choose test or train.")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {batch_size}.")
+    model = load_model(model_path)
+    layout = Layout(model)
+    prep = preprocessing_for(model, model_path)
+    on_train = split == "train"
+    # On the training split, the test split is read for nothing: keep it to one image.
+    limit = ({"max_train_samples": max_samples, "max_eval_samples": 1} if on_train
+             else {"max_eval_samples": max_samples})
+    splits = data_lib.load(data, data_dir=data_dir, include_train=on_train, seed=seed, **limit)
+    ds = (splits.train if on_train else splits.test).map(
+        lambda x, y: (prep(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    run = layout.compiled(model)
+    plain, mirrored, labels = [], [], []
+    for images, y in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+        plain.append(run(images).numpy())
+        if flip_tta:
+            mirrored.append(run(tf.reverse(images, axis=[2])).numpy())
+        labels.append(y.numpy())
+    if not plain:
+        raise data_lib.DataError(f"No images in the {split} split of {splits.source}.")
+    probs = np.concatenate(plain).astype(np.float64)
+    if flip_tta:
+        probs = (probs + np.concatenate(mirrored).astype(np.float64)) / 2
+    result = training.scores(probs, np.concatenate(labels).astype(np.int64), splits.class_names)
+    result.update(split=split, flip_tta=flip_tta, data=splits.source,
+                  preprocessing=prep.describe())
+    return result
