@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_resnet  # noqa: E402
-from keras_resnet import exporter, parity  # noqa: E402
+from keras_resnet import evaluation, exporter, parity  # noqa: E402
 
 
 def quality(model_path: str, data: str, samples: int, calibration_steps: int, workdir: Path) -> list[dict]:
@@ -112,7 +112,7 @@ def main() -> None:
         rows = []
         for model in models:
             size = tuple(model.input_shape[1:3])
-            calibration = parity.load_sample(args.data, size=size, crop=parity.eval_crop(size),
+            calibration = parity.load_sample(args.data, size=size, crop=evaluation.eval_crop(size),
                                              count=100, split="train").images
             rows += speed(model, calibration, args.threads, args.repeats, workdir)
         print(f"\n| model | runtime ({args.threads} threads for TFLite) | 1-image latency ms | "

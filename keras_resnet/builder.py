@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from keras_resnet import converters, features as features_lib, weights as weights_lib
+from keras_resnet import converters, weights as weights_lib
 from keras_resnet.layers import (BLOCKS, BN_EPSILON, BN_MOMENTUM, Preprocessing, batch_norm,
                                  channel_axis, l2)
 from keras_resnet.specs import ResNetSpec
@@ -239,8 +239,9 @@ def build_from_spec(
         x = layers.Activation("relu", name="post_relu")(x)
         features[stride] = x
 
+    pyramid = {f"P{int(math.log2(s))}": t for s, t in features.items()}
     if pyramid_outputs:
-        outputs = {f"P{int(math.log2(s))}": t for s, t in features.items()}
+        outputs = pyramid
     elif include_top:
         x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
         # Under a mixed-precision policy the classifier still computes in float32.
@@ -255,5 +256,5 @@ def build_from_spec(
     else:
         outputs = x
     model = keras.Model(inputs, outputs, name=name)
-    model.pyramid_outputs = features_lib.pyramid_outputs(model)  # keras-hub's backbone contract
+    model.pyramid_outputs = pyramid  # keras-hub's contract (features.pyramid_outputs after a load)
     return model

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from keras_resnet.report import dumps  # strict JSON, as every file the package writes
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -98,13 +100,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="timed windows of --steps steps; reports the median, best and spread")
     bench.add_argument("--precision", default="auto")
     return parser
-
-
-def dumps(obj, **kwargs) -> str:
-    """Strict JSON (no bare NaN), as every file the package writes."""
-    from keras_resnet.report import dumps as strict_dumps
-
-    return strict_dumps(obj, **kwargs)
 
 
 def _train(args) -> int:

@@ -76,9 +76,6 @@ class _Layout(evaluation.Layout):
                               "under keras.config.set_dtype_policy('float32') and copy weights).")
 
 
-run_context = evaluation.run_context
-
-
 # -- where the verification images come from --------------------------------------------------
 
 def _available(data: str | None, data_dir: str | None, folder: Path | None) -> str | None:
@@ -392,7 +389,7 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     path = None if isinstance(model, keras.Model) else model
     model = model if path is None else load_model(path)
     layout = _Layout(model)
-    context = run_context(path)
+    context = evaluation.run_context(path)
     class_names = list(class_names or context.get("class_names") or []) or None
     if class_names and len(class_names) != layout.num_classes:
         raise ExportError(f"{len(class_names)} class names for a model with "

@@ -37,11 +37,6 @@ class Sample:
     source: str
 
 
-# The one preprocessing and its crop rule live in `evaluation`; these names stay for callers.
-eval_crop = evaluation.eval_crop
-preprocess = evaluation.preprocess
-
-
 def load_sample(data: str, *, size: tuple[int, int], crop: float | None, count: int,
                 data_dir: str | None = None, split: str = "test", seed: int = 0) -> Sample:
     """A seeded class-balanced sample of `count` images of a folder or TFDS dataset's
@@ -60,7 +55,7 @@ def load_sample(data: str, *, size: tuple[int, int], crop: float | None, count: 
         labels.append(int(label))
     if not raw:
         raise data_lib.DataError(f"No images in the {split} split of {data}.")
-    images = np.stack([preprocess(tf.constant(r), size, crop).numpy() for r in raw])
+    images = np.stack([evaluation.preprocess(tf.constant(r), size, crop).numpy() for r in raw])
     return Sample(raw, images, np.asarray(labels), f"{splits.source} ({split}, {len(raw)} images)")
 
 
