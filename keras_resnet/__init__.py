@@ -24,9 +24,10 @@ __version__ = "0.1.0"
 
 # Training needs TensorFlow (tf.data); these load it on first use, so `import keras_resnet`
 # stays TensorFlow-free on the JAX and PyTorch backends.
-_LAZY = {"train": "training", "evaluate_model": "training", "benchmark": "training",
+_LAZY = {"train": "training", "evaluate_model": "evaluation", "benchmark": "benchmarking",
          "recipes": "recipes", "training": "training", "data": "data", "export": "exporter",
-         "exporter": "exporter", "parity": "parity", "evaluation": "evaluation"}
+         "exporter": "exporter", "parity": "parity", "evaluation": "evaluation", "runs": "runs",
+         "benchmarking": "benchmarking"}
 
 
 def __getattr__(name: str):

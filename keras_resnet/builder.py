@@ -9,8 +9,8 @@ import keras
 from keras import layers
 
 from keras_resnet import converters, weights as weights_lib
-from keras_resnet.layers import (BLOCKS, BN_EPSILON, BN_MOMENTUM, Preprocessing, batch_norm,
-                                 channel_axis, l2)
+from keras_resnet.layers import (BLOCKS, BN_EPSILON, BN_MOMENTUM, BN_WEIGHT_DECAY, WEIGHT_DECAY,
+                                 Preprocessing, batch_norm, channel_axis, l2)
 from keras_resnet.specs import ResNetSpec
 
 POOLINGS = (None, "avg", "max")
@@ -35,8 +35,8 @@ def build(
     shortcut: str | None = None,
     drop_path_rate: float = 0.0,
     zero_init_residual: bool = False,
-    weight_decay: float = 1e-4,
-    bn_weight_decay: float = 0.0,
+    weight_decay: float = WEIGHT_DECAY,
+    bn_weight_decay: float = BN_WEIGHT_DECAY,
     bn_momentum: float = BN_MOMENTUM,
     bn_epsilon: float | None = None,
     pyramid_outputs: bool = False,
@@ -170,8 +170,8 @@ def build_from_spec(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     drop_path_rate: float = 0.0,
     zero_init_residual: bool = False,
-    weight_decay: float = 1e-4,
-    bn_weight_decay: float = 0.0,
+    weight_decay: float = WEIGHT_DECAY,
+    bn_weight_decay: float = BN_WEIGHT_DECAY,
     bn_momentum: float = BN_MOMENTUM,
     bn_epsilon: float = BN_EPSILON,
     pyramid_outputs: bool = False,

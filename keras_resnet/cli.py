@@ -103,17 +103,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from keras_resnet import training
+    from keras_resnet import runs, training
 
     flags = {k: getattr(args, k) for k in ("depth", "variant", "data", "data_dir", "epochs",
                                            "batch_size", "lr", "max_train_samples",
                                            "max_eval_samples", "seed", "precision", "weights")}
-    output = args.output or f"runs/{args.recipe or 'default'}"
+    output = args.output or runs.default_folder(args.recipe)
     metrics = training.train(args.recipe, output=output, overrides=args.set, overwrite=args.overwrite,
                              strategy=args.strategy, tpu=args.tpu, **flags)
-    print(dumps({"output": output, "epochs_completed": metrics["epochs_completed"],
-                      "eval": {k: v for k, v in metrics.get("eval", {}).items()
-                               if k in ("accuracy", "top5_accuracy", "loss")}}))
+    print(dumps(runs.summary(output, metrics)))
     return 0
 
 
@@ -122,9 +120,8 @@ def _recipes(args) -> int:
 
     if args.show:
         print(dumps(recipes.load(args.show), indent=2))
-        return 0
-    for name, description in recipes.available().items():
-        print(f"{name:20s} {description}")
+    else:
+        print("\n".join(f"{name:20s} {text}" for name, text in recipes.available().items()))
     return 0
 
 
@@ -135,24 +132,14 @@ def _evaluate(args) -> int:
                                  max_samples=args.max_eval_samples, batch_size=args.batch_size,
                                  flip_tta=args.flip_tta)
     result.pop("confusion_matrix", None)
-    if args.format == "json":
-        print(dumps(result, indent=2))
-    else:
-        prep = result["preprocessing"]
-        crop = f", center crop {prep['crop_fraction']}" if prep["crop_fraction"] else ""
-        print(f"{args.model} on {result['data']} ({args.split}): top-1 {result['accuracy']:.4f}, top-5 "
-              f"{result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} images"
-              f"{', flip TTA' if args.flip_tta else ''}{crop})")
-        for name, acc in result["per_class_accuracy"].items():
-            print(f"  {name:20s} {acc:.4f}")
+    print(dumps(result, indent=2) if args.format == "json" else evaluation.format_report(result, args.model))
     return 0
 
 
 def _predict(args) -> int:
     from keras_resnet import evaluation
 
-    for item in evaluation.predict_files(args.model, args.images, args.top_k):
-        print(f"{item['path']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}" for t in item["top"]))
+    print(evaluation.format_predictions(evaluation.predict_files(args.model, args.images, args.top_k)))
     return 0
 
 
@@ -166,74 +153,34 @@ def _export(args) -> int:
         verify_data=args.verify_data, verify_samples=args.verify_samples,
         data_dir=args.data_dir, overwrite=args.overwrite,
         log=lambda line: print(line, file=sys.stderr))
-    print(dumps({"artifact": result["artifact"], "ok": result["ok"],
-                      "verification_data": result["verification_data"], "rows": result["rows"]}))
+    print(dumps({k: result[k] for k in ("artifact", "ok", "verification_data", "rows")}))
     return 0
 
 
 def _benchmark(args) -> int:
-    from keras_resnet import training
+    from keras_resnet import benchmarking
 
-    print(dumps(training.benchmark(args.depth, mode=args.mode, batch_size=args.batch_size,
-                                   steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                                   precision=args.precision)))
+    print(dumps(benchmarking.benchmark(args.depth, mode=args.mode, batch_size=args.batch_size,
+                                       steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                                       precision=args.precision)))
     return 0
 
 
 def _summary(args) -> int:
-    from keras_resnet import build, model_stats
-    from keras_resnet.summary import MODEL_TABLE
+    from keras_resnet import summary
 
-    if args.all:
-        rows = [(label, model_stats(build(**kwargs))) for label, kwargs in MODEL_TABLE]
-    elif args.depth is None:
-        raise ValueError("summary needs --depth D (e.g. --depth 50) or --all.")
-    else:
-        size = args.input_size
-        model = build(args.depth, variant=args.variant, groups=args.groups,
-                      width_per_group=args.width_per_group, se_ratio=args.se_ratio,
-                      num_classes=args.num_classes,
-                      input_shape=(size, size, 3) if size else None)
-        if args.layers:
-            model.summary()
-        rows = [(model.name, model_stats(model))]
-    if args.format == "json":
-        print(dumps([{"model": label, **stats} for label, stats in rows], indent=2))
-    elif args.format == "markdown":
-        print("| model | input | trainable params | MACs |\n|---|---|---:|---:|")
-        for label, s in rows:
-            side = "×".join(str(d) for d in s["input_shape"][:2])
-            macs = f"{s['macs'] / 1e9:.2f} G" if s["macs"] >= 1e9 else f"{s['macs'] / 1e6:.1f} M"
-            print(f"| {label} | {side} | {s['trainable_params']:,} | {macs} |")
-    else:
-        for label, s in rows:
-            print(f"{label}: input {tuple(s['input_shape'])}, {s['trainable_params']:,} trainable "
-                  f"parameters ({s['total_params']:,} total), {s['macs'] / 1e9:.3f} GMACs")
+    size = args.input_size
+    print(summary.report(args.depth, args.format, all_models=args.all, show_layers=args.layers,
+                         variant=args.variant, groups=args.groups, width_per_group=args.width_per_group,
+                         se_ratio=args.se_ratio, num_classes=args.num_classes,
+                         input_shape=(size, size, 3) if size else None))
     return 0
 
 
 def _weights(args) -> int:
-    import dataclasses
-
     from keras_resnet import registry
 
-    records = [registry.WEIGHTS[name] for name in registry.list_weights(args.pattern)]
-    if not records:
-        raise ValueError(f"No weights match {args.pattern!r}; `keras-resnet weights` lists them all.")
-    if args.format == "json":
-        print(dumps([dataclasses.asdict(r) for r in records], indent=2))
-        return 0
-    header = ("weights", "source", "top-1 %", "train / eval px", "eval crop", "hash", "license")
-    rows = [(r.name, r.source, f"{r.top1:.2f}", f"{r.train_size} / {r.eval_size}", f"{r.crop_pct:g}",
-             ("md5" if len(r.file_hash) == 32 else "sha256") if r.file_hash else "none", r.license)
-            for r in records]
-    if args.format == "markdown":  # the README's short table: name, source, top-1, resolution, license
-        print("| weights | source | top-1 % | train / eval px | license |\n|---|---|---:|---:|---|")
-        print("\n".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[6]} |" for r in rows))
-    else:
-        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-        for row in (header, *rows):
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(registry.table(args.pattern, args.format))
     return 0
 
 

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import data as data_lib, report
+from keras_resnet import data as data_lib, report, runs
 
 DEFAULT_CROP = 0.875
 DEFAULT_CROP_FROM_SIDE = 128  # a model outside a run folder: crop from this input side up
@@ -103,23 +103,7 @@ class Layout:
         return self._fn
 
 
-# -- what the run folder records ---------------------------------------------------------------
-
-def run_context(model_path: str | os.PathLike | None) -> dict:
-    """What the run folder beside a `train` model records: data, eval crop, class names.
-
-    `crop` is the run's `data.eval_crop_fraction` (0.0: none) when the folder has a
-    config.json, else None (no run configuration known)."""
-    if model_path is None:
-        return {}
-    folder = Path(model_path).resolve().parent
-    config = report.read_json(folder / "config.json")
-    metrics = report.read_json(folder / "metrics.json") or {}
-    data = (config or {}).get("data", {})
-    return {"data": data.get("name") or None, "data_dir": data.get("data_dir") or None,
-            "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
-            "class_names": metrics.get("class_names"), "folder": folder}
-
+# -- the evaluation crop --------------------------------------------------------------------
 
 def eval_crop(size: Sequence[int], configured: float | None = None) -> float | None:
     """The center-crop fraction of evaluation: the run's `configured` setting (0: none)
@@ -161,7 +145,7 @@ def preprocessing_for(model: keras.Model, model_path: str | os.PathLike | None =
                       context: dict | None = None) -> Preprocessing:
     """The preprocessing of `model`: its input size and its run's eval crop."""
     layout = Layout(model)
-    context = run_context(model_path) if context is None else context
+    context = runs.context(model_path) if context is None else context
     return Preprocessing(layout.size, eval_crop(layout.size, context.get("crop")), layout.channels)
 
 
@@ -184,7 +168,7 @@ def decode_file(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
 def class_names(model_path: str | os.PathLike | None, count: int,
                 context: dict | None = None) -> list[str]:
     """The run's class names when they fit the model, else "0", "1", ..."""
-    names = (run_context(model_path) if context is None else context).get("class_names")
+    names = (runs.context(model_path) if context is None else context).get("class_names")
     return list(names) if names and len(names) == count else [str(i) for i in range(count)]
 
 
@@ -199,7 +183,7 @@ def predict_files(model_path: str | os.PathLike, paths: Sequence[str | os.PathLi
         raise ValueError("Give at least one image file.")
     model = load_model(model_path)
     layout = Layout(model)
-    context = run_context(model_path)
+    context = runs.context(model_path)
     prep = preprocessing_for(model, context=context)
     names = class_names(model_path, layout.num_classes, context)
     images = np.stack([prep(decode_file(p, layout.channels)).numpy() for p in paths])
@@ -218,8 +202,6 @@ def evaluate(model_path: str | os.PathLike, data: str, *, split: str = "test",
     """Top-1, top-5, loss, per-class accuracy (and, for <= 100 classes, the confusion matrix)
     of a `.keras` model on `split` ("test" or "train", unaugmented) of a folder or TFDS
     dataset, its images preprocessed as the run's own evaluation did (`preprocess`)."""
-    from keras_resnet import training
-
     if split not in ("test", "train"):
         raise ValueError(f"Unknown split {split!r}; choose test or train.")
     if batch_size < 1:
@@ -234,19 +216,86 @@ def evaluate(model_path: str | os.PathLike, data: str, *, split: str = "test",
     splits = data_lib.load(data, data_dir=data_dir, include_train=on_train, seed=seed, **limit)
     ds = (splits.train if on_train else splits.test).map(
         lambda x, y: (prep(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    run = layout.compiled(model)
-    plain, mirrored, labels = [], [], []
-    for images, y in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
-        plain.append(run(images).numpy())
-        if flip_tta:
-            mirrored.append(run(tf.reverse(images, axis=[2])).numpy())
-        labels.append(y.numpy())
-    if not plain:
+    probs, mirrored, labels = predictions(layout.compiled(model),
+                                          ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), flip_tta)
+    if not len(labels):
         raise data_lib.DataError(f"No images in the {split} split of {splits.source}.")
-    probs = np.concatenate(plain).astype(np.float64)
-    if flip_tta:
-        probs = (probs + np.concatenate(mirrored).astype(np.float64)) / 2
-    result = training.scores(probs, np.concatenate(labels).astype(np.int64), splits.class_names)
+    result = scores((probs + mirrored) / 2 if flip_tta else probs, labels, splits.class_names)
     result.update(split=split, flip_tta=flip_tta, data=splits.source,
                   preprocessing=prep.describe())
     return result
+
+
+def predictions(predict, batches, mirrored: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Probabilities of every image of `batches` ((NHWC images, labels as indices or one-hot)
+    batches) by `predict` (images -> probabilities), of each image's horizontal mirror if
+    `mirrored` (else None), and the integer labels."""
+    plain, flipped, labels = [], [], []
+    for images, y in batches:
+        plain.append(keras.ops.convert_to_numpy(predict(images)))
+        if mirrored:
+            flipped.append(keras.ops.convert_to_numpy(predict(tf.reverse(images, axis=[2]))))
+        labels.append(np.argmax(y, -1) if y.shape.rank == 2 else np.asarray(y))
+    classes = plain[0].shape[-1] if plain else 0
+
+    def stack(parts):
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, classes))
+
+    return (stack(plain), stack(flipped) if mirrored else None,
+            np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
+
+
+def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str], *,
+                   flip_tta: bool = False) -> dict:
+    """Top-1, top-5, cross-entropy, per-class accuracy and (<= 100 classes) confusion matrix.
+
+    `dataset` yields (images, labels) batches (NHWC), labels as indices or one-hot. With
+    `flip_tta`, each image's probabilities are the mean over it and its horizontal mirror.
+    """
+    probs, mirrored, labels = predictions(model.predict_on_batch, dataset, flip_tta)
+    return scores((probs + mirrored) / 2 if flip_tta else probs, labels, class_names)
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
+           mirrored: np.ndarray | None = None) -> dict:
+    """`evaluate_model`'s report from probabilities and integer labels; given the mirrored
+    images' probabilities, also the flip-TTA top-1, top-5 and loss under "flip_tta"."""
+    n = len(class_names)
+    if probs.shape[1] != n:
+        raise data_lib.DataError(f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
+                                 "on data with the classes it was trained on.")
+    top5 = np.argsort(-probs, axis=1)[:, : min(5, n)]
+    predicted = top5[:, 0]
+    matrix = report.confusion_matrix(labels, predicted, n)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    result = {
+        "accuracy": float(np.mean(predicted == labels)),
+        "top5_accuracy": float(np.mean((top5 == labels[:, None]).any(axis=1))),
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))),
+        "num_images": int(len(labels)),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+    }
+    if n <= 100:
+        result["confusion_matrix"] = matrix.tolist()
+    if mirrored is not None:
+        tta = scores((probs + mirrored) / 2, labels, class_names)
+        result["flip_tta"] = {k: tta[k] for k in ("accuracy", "top5_accuracy", "loss")}
+    return result
+
+
+def format_report(result: dict, model_path: str | os.PathLike) -> str:
+    """`evaluate`'s result as text: one summary line, then one line per class."""
+    prep = result["preprocessing"]
+    crop = f", center crop {prep['crop_fraction']}" if prep["crop_fraction"] else ""
+    lines = [f"{model_path} on {result['data']} ({result['split']}): top-1 {result['accuracy']:.4f}, "
+             f"top-5 {result['top5_accuracy']:.4f}, loss {result['loss']:.4f} ({result['num_images']} "
+             f"images{', flip TTA' if result['flip_tta'] else ''}{crop})"]
+    lines += [f"  {name:20s} {acc:.4f}" for name, acc in result["per_class_accuracy"].items()]
+    return "\n".join(lines)
+
+
+def format_predictions(results: list[dict]) -> str:
+    """`predict_files`'s result as text: one line per file, its classes and probabilities."""
+    return "\n".join(f"{item['path']}: " + ", ".join(f"{t['class']} {t['probability']:.4f}"
+                                                      for t in item["top"]) for item in results)

@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import evaluation, parity, report
+from keras_resnet import evaluation, parity, report, runs
 
 FORMATS = ("saved_model", "tflite", "keras", "weights", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -389,7 +389,7 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     path = None if isinstance(model, keras.Model) else model
     model = model if path is None else load_model(path)
     layout = _Layout(model)
-    context = evaluation.run_context(path)
+    context = runs.context(path)
     class_names = list(class_names or context.get("class_names") or []) or None
     if class_names and len(class_names) != layout.num_classes:
         raise ExportError(f"{len(class_names)} class names for a model with "

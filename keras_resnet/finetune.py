@@ -9,10 +9,10 @@ classes on top. Training then runs in phases (`phases`):
 - "all", the remaining epochs: the whole network trains, the backbone's steps scaled by
   `train.backbone_lr_scale` (`schedules.ScaledSGD`).
 
-`model.freeze_bn = true` keeps every BatchNormalization frozen (statistics and γ/β) in every
+`train.freeze_bn = true` keeps every BatchNormalization frozen (statistics and γ/β) in every
 phase. Weight sources: a `.keras` model saved by this package (its input normalization and
 BN epsilon come along), a published weight (`keras-resnet weights`: it names the model, and
-`training` takes the input size and eval crop from its record), or a file `build(weights=...)`
+`recipes.check` takes the input size and eval crop from its record), or a file `build(weights=...)`
 loads (the source's own preprocessing goes inside the model).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import keras
 
-from keras_resnet import registry
+from keras_resnet import recipes, registry
 from keras_resnet.builder import build
 from keras_resnet.layers import l2
 
@@ -73,14 +73,9 @@ def _has_head(model: keras.Model) -> bool:
 
 def build_pretrained(config: dict, *, num_classes: int, image_size: Sequence[int]) -> keras.Model:
     """The recipe's architecture on `model.weights`, with a new `num_classes` head."""
-    m, t = config["model"], config["train"]
-    source = m["weights"]
-    arch = dict(variant=m["variant"] or None, groups=m["groups"], width_per_group=m["width_per_group"],
-                se_ratio=m["se_ratio"] or None, shortcut=m["shortcut"] or None,
-                drop_path_rate=m["drop_path_rate"], weight_decay=t["weight_decay"],
-                bn_weight_decay=t["bn_weight_decay"], bn_momentum=m["bn_momentum"],
-                bn_epsilon=m["bn_epsilon"], input_shape=(*image_size, 3), include_top=False,
-                pooling="avg")
+    arch = recipes.build_kwargs(config)
+    depth, source = arch.pop("depth"), arch.pop("weights")
+    arch.update(input_shape=(*image_size, 3), include_top=False, pooling="avg")
     if source.endswith(".keras"):
         from keras_resnet.evaluation import load_model
 
@@ -88,18 +83,18 @@ def build_pretrained(config: dict, *, num_classes: int, image_size: Sequence[int
         epsilons = {layer.epsilon for layer in pretrained._flatten_layers()
                     if isinstance(layer, keras.layers.BatchNormalization)}
         arch["bn_epsilon"] = epsilons.pop() if len(epsilons) == 1 else arch["bn_epsilon"]
-        backbone = build(m["depth"], normalization=input_normalization(pretrained), **arch)
+        backbone = build(depth, normalization=input_normalization(pretrained), **arch)
         copy_weights(pretrained, backbone, origin=source)
     elif source in registry.WEIGHTS:  # a published weight names its architecture
         fixed = ("variant", "groups", "width_per_group", "se_ratio", "shortcut", "bn_epsilon")
         backbone = build(source.split(".", 1)[0], weights=source, include_preprocessing=True,
                          **{k: v for k, v in arch.items() if k not in fixed})
     else:  # a file: the recipe names the architecture, the file its BN epsilon
-        backbone = build(m["depth"], weights=source, include_preprocessing=True,
+        backbone = build(depth, weights=source, include_preprocessing=True,
                          **{**arch, "bn_epsilon": None})
     mixed = keras.config.dtype_policy().name.startswith("mixed")
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD,
-                                 kernel_regularizer=l2(t["weight_decay"]),
+                                 kernel_regularizer=l2(arch["weight_decay"]),
                                  dtype="float32" if mixed else None)(backbone.output)
     return keras.Model(backbone.input, outputs, name=f"{backbone.name}_finetuned")
 

@@ -25,6 +25,9 @@ FUSED_MIN_EPSILON = 1.001e-5  # TensorFlow's fused kernel trains with max(epsilo
 # trains with as given; momentum 0.9 (Keras's 0.99 lags badly in short runs).
 BN_EPSILON = FUSED_MIN_EPSILON
 BN_MOMENTUM = 0.9
+# Weight decay of every model and block (He et al. 2016's 1e-4); BN gamma/beta not decayed.
+WEIGHT_DECAY = 1e-4
+BN_WEIGHT_DECAY = 0.0
 
 
 def channel_axis(data_format: str) -> int:
@@ -39,7 +42,8 @@ def l2(weight_decay: float) -> keras.regularizers.Regularizer | None:
 
 
 def batch_norm(name: str, *, data_format: str, momentum: float, epsilon: float,
-               weight_decay: float = 0.0, zero_gamma: bool = False, dtype=None) -> "BatchNormalization":
+               weight_decay: float = BN_WEIGHT_DECAY, zero_gamma: bool = False,
+               dtype=None) -> "BatchNormalization":
     """The package's BN layer over the channel axis; `weight_decay` decays gamma/beta (see `l2`)."""
     return BatchNormalization(
         axis=channel_axis(data_format), momentum=momentum, epsilon=epsilon,
@@ -148,7 +152,7 @@ class Composite(layers.Layer):
 class SqueezeExcite(Composite):
     """Squeeze-and-excitation (Hu et al. 2018): channel gates from pooled features."""
 
-    def __init__(self, channels: int, ratio: float = 1 / 16, weight_decay: float = 0.0,
+    def __init__(self, channels: int, ratio: float = 1 / 16, weight_decay: float = WEIGHT_DECAY,
                  data_format: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.ratio, self.weight_decay = channels, ratio, weight_decay
@@ -229,8 +233,8 @@ class ResidualBlock(Composite):
 
     def __init__(self, filters: int, stride: int = 1, *, shortcut: str = "projection",
                  se_ratio: float | None = None, drop_path_rate: float = 0.0,
-                 zero_init_residual: bool = False, weight_decay: float = 0.0,
-                 bn_weight_decay: float = 0.0, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON,
+                 zero_init_residual: bool = False, weight_decay: float = WEIGHT_DECAY,
+                 bn_weight_decay: float = BN_WEIGHT_DECAY, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON,
                  data_format: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.stride, self.shortcut = filters, stride, shortcut

@@ -1,36 +1,69 @@
-"""Recipe files (TOML, in `keras_resnet/recipes/`): loading, defaults, validation, overrides.
+"""The run configuration: recipe files (TOML, in `keras_resnet/recipes/`), their defaults,
+validation and overrides, and `resolve`, which turns a recipe, flags and overrides into
+the configuration a run folder records.
 
-A recipe has sections [model], [data], [augment], [train]; every field has a default here
-and any field can be overridden as `section.field=value` (a TOML value). 0 and "" mean
-"not set" where a field is optional (TOML has no null).
+A recipe has sections [model], [data], [augment], [train]; every field has a default and
+any field can be overridden as `section.field=value` (a TOML value). The [model] fields
+are `build()`'s keywords with `build()`'s defaults. 0 and "" mean "not set" where a field
+is optional (TOML has no null).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
-from keras_resnet import augment, layers
+from keras_resnet import augment, builder, layers, registry, schedules, specs
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# [model] fields whose `build()` default is None, and the TOML value that stands for it.
+UNSET = {"variant": "", "shortcut": "", "se_ratio": 0.0, "weights": ""}
+MODEL_FIELDS = ("depth", "variant", "shortcut", "groups", "width_per_group", "se_ratio",
+                "drop_path_rate", "zero_init_residual", "weight_decay", "bn_weight_decay",
+                "bn_momentum", "bn_epsilon", "weights")
+
+
+def _model_defaults() -> dict:
+    """[model]'s defaults: `build()`'s own. Two differ in form only: depth, which `build()`
+    requires, is 20; bn_epsilon, whose None there means "the weights' own, else
+    `layers.BN_EPSILON`", is that value (a recipe's model trains from scratch)."""
+    params = inspect.signature(builder.build).parameters
+    special = {"depth": 20, "bn_epsilon": layers.BN_EPSILON}
+    return {k: special[k] if k in special else UNSET[k] if params[k].default is None else params[k].default
+            for k in MODEL_FIELDS}
+
 
 DEFAULTS: dict[str, dict] = {
     "recipe": {"name": "", "description": ""},
-    "model": {"depth": 20, "variant": "", "shortcut": "", "groups": 1, "width_per_group": 64,
-              "se_ratio": 0.0, "drop_path_rate": 0.0, "zero_init_residual": False,
-              "bn_momentum": layers.BN_MOMENTUM, "bn_epsilon": layers.BN_EPSILON, "sync_bn": False,
-              "weights": "", "freeze_bn": False},
+    "model": _model_defaults(),
     "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0], "classes": [],
              "eval_crop_fraction": 0.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0},
     "augment": dict(augment.DEFAULTS),
     "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "reference_batch": 128,
-              "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "bn_weight_decay": 0.0,
-              "schedule": "onecycle",
+              "momentum": 0.9, "nesterov": False, "schedule": "onecycle",
               "warmup_epochs": 0.0, "boundaries": [], "factor": 0.1, "pct_start": 0.25, "final_div": 100.0,
               "label_smoothing": 0.0, "precision": "auto", "jit_compile": "auto", "ema": False,
               "ema_momentum": 0.999, "seed": 0, "deterministic": False, "validate_every": 1,
-              "steps_per_execution": 1, "head_epochs": 0, "backbone_lr_scale": 1.0},
+              "steps_per_execution": 1, "head_epochs": 0, "backbone_lr_scale": 1.0,
+              "freeze_bn": False, "sync_bn": False},
+}
+
+# Fields that moved to another section; old recipes, overrides and run folders still read.
+MOVED = {("train", "weight_decay"): "model", ("train", "bn_weight_decay"): "model",
+         ("model", "freeze_bn"): "train", ("model", "sync_bn"): "train"}
+
+# Plain `train()` / CLI flags and the field each sets.
+FLAG_FIELDS = {
+    "depth": ("model", "depth"), "variant": ("model", "variant"), "data": ("data", "name"),
+    "data_dir": ("data", "data_dir"), "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"), "max_train_samples": ("data", "max_train_samples"),
+    "max_eval_samples": ("data", "max_eval_samples"), "seed": ("train", "seed"),
+    "precision": ("train", "precision"), "lr": ("train", "lr"), "weights": ("model", "weights"),
 }
 
 
@@ -103,7 +136,7 @@ def _check_value(section: str, key: str, value, default):
 def merge(base: dict, overrides: dict, origin: str) -> dict:
     """`base` updated with `overrides`, refusing unknown sections/fields and wrong types."""
     out = copy.deepcopy(base)
-    for section, fields in overrides.items():
+    for section, fields in upgrade(overrides).items():
         if section not in DEFAULTS or not isinstance(fields, dict):
             raise RecipeError(f"{origin}: unknown section [{section}]; valid: {sorted(DEFAULTS)}.")
         for key, value in fields.items():
@@ -145,3 +178,81 @@ def parse_override(text: str) -> dict:
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     return {section: {field: value}}
+
+
+def upgrade(config: dict) -> dict:
+    """`config` (a recipe, an override or a saved config.json) with moved fields in their
+    sections of today (`MOVED`)."""
+    out = {section: dict(fields) if isinstance(fields, dict) else fields
+           for section, fields in config.items()}
+    for (section, key), target in MOVED.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out.setdefault(target, {})[key] = out[section].pop(key)
+    return out
+
+
+def build_kwargs(config: dict) -> dict:
+    """[model] as `build()` keywords: the "not set" values (`UNSET`) become None."""
+    return {k: None if k in UNSET and v == UNSET[k] else v for k, v in config["model"].items()}
+
+
+# -- resolution ------------------------------------------------------------------------------
+
+def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -> dict:
+    """Defaults <- recipe <- flags (`FLAG_FIELDS`) <- `section.field=value` overrides.
+
+    Without a recipe, the recipe that fits the data is used: `cifar10-fast` for images of
+    at most 64 pixels a side, else `imagenet-resnet50`; its schedule spans the --epochs given.
+    """
+    unknown = set(flags) - set(FLAG_FIELDS)
+    if unknown:
+        raise RecipeError(f"Unknown option(s) {sorted(unknown)}; valid: {sorted(FLAG_FIELDS)}.")
+    layers = [{FLAG_FIELDS[k][0]: {FLAG_FIELDS[k][1]: v}} for k, v in flags.items() if v is not None]
+    layers += [parse_override(o) for o in overrides]
+
+    def assemble(name):
+        config = load(name)
+        for layer in layers:
+            config = merge(config, layer, "override")
+        return config
+
+    if recipe:
+        return check(assemble(recipe))
+    from keras_resnet import data  # reads an image header, no TensorFlow runtime
+
+    config = assemble(None)
+    side = data.peek_image_side(config["data"]["name"], config["data"]["data_dir"] or None)
+    return check(assemble("cifar10-fast" if side <= data.MEMORY_MAX_SIDE else "imagenet-resnet50"))
+
+
+def check(config: dict) -> dict:
+    """`config` once the fields that only take some values are checked, so that a bad one
+    fails before a run folder is touched; a published weight fills in its input size and
+    eval crop."""
+    m, t = build_kwargs(config), config["train"]
+    try:
+        specs.resnet_spec(m["depth"], m["variant"], groups=m["groups"],
+                          width_per_group=m["width_per_group"], se_ratio=m["se_ratio"],
+                          shortcut=m["shortcut"])
+    except ValueError as err:
+        raise RecipeError(f"[model] {err}") from err
+    choices = {"precision": ("auto", *PRECISIONS), "schedule": schedules.SCHEDULES}
+    for key, allowed in choices.items():
+        if t[key] not in allowed:
+            raise RecipeError(f"train.{key} must be one of {', '.join(allowed)}; got {t[key]!r}.")
+    if t["jit_compile"] not in ("auto", True, False):
+        raise RecipeError(f"train.jit_compile must be 'auto', true or false, got {t['jit_compile']!r}.")
+    if t["head_epochs"] and not m["weights"]:
+        raise RecipeError("train.head_epochs trains a new head on pretrained weights: give "
+                          "--weights (model.weights), or set train.head_epochs=0.")
+    record = registry.WEIGHTS.get(m["weights"])
+    if record is not None:  # a published weight: its model, resolution and eval crop
+        d = config["data"]
+        if not all(d["image_size"]):
+            d["image_size"] = [record.train_size, record.train_size]
+        if not d["eval_crop_fraction"]:
+            d["eval_crop_fraction"] = record.crop_pct
+    if m["weights"] and t["head_epochs"] >= t["epochs"]:
+        raise RecipeError(f"train.head_epochs ({t['head_epochs']}) must be below train.epochs "
+                          f"({t['epochs']}): the rest fine-tunes the whole network.")
+    return config

@@ -225,6 +225,29 @@ def list_weights(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(WEIGHTS, pattern))
 
 
+def table(pattern: str = "*", fmt: str = "text") -> str:
+    """The published weights matching `pattern` as a table: "text", "json" or "markdown"
+    (the README's short table: name, source, top-1, resolution, license)."""
+    records = [WEIGHTS[name] for name in list_weights(pattern)]
+    if not records:
+        raise ValueError(f"No weights match {pattern!r}; `keras-resnet weights` lists them all.")
+    if fmt == "json":
+        from keras_resnet.report import dumps
+
+        return dumps([dataclasses.asdict(r) for r in records], indent=2)
+    header = ("weights", "source", "top-1 %", "train / eval px", "eval crop", "hash", "license")
+    rows = [(r.name, r.source, f"{r.top1:.2f}", f"{r.train_size} / {r.eval_size}", f"{r.crop_pct:g}",
+             ("md5" if len(r.file_hash) == 32 else "sha256") if r.file_hash else "none", r.license)
+            for r in records]
+    if fmt == "markdown":
+        return "\n".join(["| weights | source | top-1 % | train / eval px | license |",
+                          "|---|---|---:|---:|---|"] +
+                         [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[6]} |" for r in rows])
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in (header, *rows))
+
+
 def get_model(name: str) -> ModelEntry:
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Known: {', '.join(list_models())}.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+from contextlib import redirect_stdout
 
 import keras
 
@@ -63,3 +65,37 @@ MODEL_TABLE = [
     ("Wide ResNet-50-2", dict(depth=50, width_per_group=128)),
     ("SE-ResNet-50", dict(depth=50, se_ratio=1 / 16)),
 ] + [(f"CIFAR ResNet-{d}", dict(depth=d)) for d in (20, 32, 44, 56, 110, 1202)]
+
+
+def report(depth: int | str | None = None, fmt: str = "text", *, all_models: bool = False,
+           show_layers: bool = False, **build_kwargs) -> str:
+    """Parameter and MAC counts of `build(depth, **build_kwargs)` (with `show_layers`, Keras's
+    layer summary first), or with `all_models` of every model in `MODEL_TABLE`; `fmt` is
+    "text", "json" or "markdown"."""
+    from keras_resnet import build, report as report_lib
+
+    layers = ""
+    if all_models:
+        rows = [(label, model_stats(build(**kwargs))) for label, kwargs in MODEL_TABLE]
+    elif depth is None:
+        raise ValueError("summary needs --depth D (e.g. --depth 50) or --all.")
+    else:
+        model = build(depth, **build_kwargs)
+        rows = [(model.name, model_stats(model))]
+        if show_layers:
+            with redirect_stdout(io.StringIO()) as out:
+                model.summary()
+            layers = out.getvalue()
+    if fmt == "json":
+        return layers + report_lib.dumps([{"model": label, **stats} for label, stats in rows], indent=2)
+    if fmt == "markdown":
+        lines = ["| model | input | trainable params | MACs |", "|---|---|---:|---:|"]
+        for label, s in rows:
+            side = "×".join(str(d) for d in s["input_shape"][:2])
+            macs = f"{s['macs'] / 1e9:.2f} G" if s["macs"] >= 1e9 else f"{s['macs'] / 1e6:.1f} M"
+            lines.append(f"| {label} | {side} | {s['trainable_params']:,} | {macs} |")
+    else:
+        lines = [f"{label}: input {tuple(s['input_shape'])}, {s['trainable_params']:,} trainable "
+                 f"parameters ({s['total_params']:,} total), {s['macs'] / 1e9:.3f} GMACs"
+                 for label, s in rows]
+    return layers + "\n".join(lines)

@@ -62,7 +62,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras_resnet
 from keras_resnet import distribute
 common = dict(data={str(CIFAR_DIR)!r}, depth=8, variant="cifar", epochs=2, max_train_samples=1024,
-              max_eval_samples=256, overrides=["model.sync_bn=true"], log=lambda _: None, verbose=0)
+              max_eval_samples=256, overrides=["train.sync_bn=true"], log=lambda _: None, verbose=0)
 try:
     keras_resnet.train("cifar10-fast", output={str(tmp_path / "odd")!r}, strategy="mirrored", batch_size=63, **common)
 except distribute.DistributeError as err:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import keras_resnet  # noqa: F401  (registers the layers for keras.models.load_model)
 from conftest import CIFAR_DIR, cli, last_line
-from keras_resnet import evaluation, exporter
+from keras_resnet import evaluation, exporter, runs
 
 CLASSES = sorted(p.name for p in (CIFAR_DIR / "test").iterdir())
 CROP = 0.75
@@ -156,8 +156,8 @@ def test_crop_rule_follows_the_run_configuration(tmp_path):
     assert evaluation.eval_crop((32, 32), 0.5) == 0.5
     assert evaluation.eval_crop((224, 224), None) == 0.875 and evaluation.eval_crop((64, 64), None) is None
     (tmp_path / "config.json").write_text(json.dumps({"data": {"name": "cifar10", "eval_crop_fraction": 0.0}}))
-    assert evaluation.run_context(tmp_path / "model.keras")["crop"] == 0.0
-    assert evaluation.run_context(tmp_path / "elsewhere" / "model.keras")["crop"] is None
+    assert runs.context(tmp_path / "model.keras")["crop"] == 0.0
+    assert runs.context(tmp_path / "elsewhere" / "model.keras")["crop"] is None
     with pytest.raises(evaluation.ModelError, match=r"eval_crop_fraction must be in \(0, 1\].*config.json"):
         evaluation.eval_crop((32, 32), 1.5)
 

@@ -107,7 +107,7 @@ def test_the_head_phase_leaves_the_whole_backbone_untouched(trained_run, tmp_pat
 def test_unfrozen_bn_moves_when_the_recipe_says_so(trained_run, tmp_path):
     pretrained = trained_run[0] / "model.keras"
     output = tmp_path / "run"
-    result = cli(*finetune_args(pretrained, output, "--set", "model.freeze_bn=false")[:-2], "--epochs", "3",
+    result = cli(*finetune_args(pretrained, output, "--set", "train.freeze_bn=false")[:-2], "--epochs", "3",
                  "--output", str(output), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     before, after = backbone_arrays(pretrained), backbone_arrays(output / "model.keras")

@@ -11,35 +11,75 @@ def test_every_shipped_recipe_loads_and_resolves():
     for name in names:
         config = recipes.load(name)
         assert config["recipe"]["name"] == name and names[name]
-    he = recipes.load("cifar10-resnet110")["train"]
-    assert (he["epochs"], he["lr"], he["weight_decay"], he["boundaries"], he["warmup_epochs"]) == (
-        164, 0.1, 1e-4, [0.5, 0.75], 1.0)
+    he = recipes.load("cifar10-resnet110")
+    assert (he["train"]["epochs"], he["train"]["lr"], he["model"]["weight_decay"], he["train"]["boundaries"],
+            he["train"]["warmup_epochs"]) == (164, 0.1, 1e-4, [0.5, 0.75], 1.0)
     seed = recipes.load("cifar10-seed")
-    assert (seed["train"]["epochs"], seed["train"]["weight_decay"], seed["augment"]["rotation"]) == (150, 5e-4, 10.0)
+    assert (seed["train"]["epochs"], seed["model"]["weight_decay"], seed["augment"]["rotation"]) == (150, 5e-4, 10.0)
     imagenet = recipes.load("imagenet-resnet50")
     assert imagenet["model"]["zero_init_residual"] and imagenet["train"]["label_smoothing"] == 0.1
     assert imagenet["data"]["eval_crop_fraction"] == 0.875
 
 
 def test_flags_and_overrides_win_in_order():
-    config = training.resolve_config("cifar10-fast", ["train.epochs=3", "augment.rotation=5"],
+    config = recipes.resolve("cifar10-fast", ["train.epochs=3", "augment.rotation=5"],
                                      epochs=7, batch_size=64)
     assert config["train"]["epochs"] == 3 and config["train"]["batch_size"] == 64
     assert config["augment"]["rotation"] == 5.0
 
 
 def test_bn_weight_decay_override_reaches_the_model():
-    config = training.resolve_config("cifar10-fast", ["train.bn_weight_decay=5e-4"])
+    config = recipes.resolve("cifar10-fast", ["model.bn_weight_decay=5e-4"])
     model = training.build_model(config, num_classes=10, image_size=(32, 32))
     assert model.get_layer("conv1_bn").gamma_regularizer.l2 == 2.5e-4
     assert model.get_layer("conv4_block3").bn2.beta_regularizer.l2 == 2.5e-4
-    default = training.build_model(training.resolve_config("cifar10-fast"), num_classes=10,
+    default = training.build_model(recipes.resolve("cifar10-fast"), num_classes=10,
                                    image_size=(32, 32))
     assert default.get_layer("conv4_block3").bn2.beta_regularizer is None
 
 
+def test_model_fields_are_builds_keywords_with_one_default_each():
+    """[model] holds `build()`'s keywords with `build()`'s defaults ("" or 0 for its None),
+    and the blocks default to the same values: one default per hyperparameter."""
+    import inspect
+
+    from keras_resnet import build, layers
+
+    params = inspect.signature(build).parameters
+    for key, value in recipes.DEFAULTS["model"].items():
+        assert key in params, key
+        default = params[key].default
+        if key == "bn_epsilon":  # build()'s None: the weights' own, else layers.BN_EPSILON
+            assert default is None and value == layers.BN_EPSILON
+        elif key != "depth":
+            assert value == (recipes.UNSET[key] if default is None else default), key
+    block = inspect.signature(layers.ResidualBlock.__init__).parameters
+    for key in ("weight_decay", "bn_weight_decay", "bn_momentum", "zero_init_residual"):
+        assert block[key].default == params[key].default, key
+    assert block["bn_epsilon"].default == layers.BN_EPSILON
+    assert inspect.signature(layers.SqueezeExcite.__init__).parameters["weight_decay"].default == \
+        params["weight_decay"].default
+    kwargs = recipes.build_kwargs(recipes.load("cifar10-fast"))
+    assert kwargs["weight_decay"] == 5e-4 and kwargs["variant"] is None and kwargs["se_ratio"] is None
+    assert build(**{**kwargs, "weights": None}).get_layer("conv1_conv").kernel_regularizer.l2 == 2.5e-4
+
+
+def test_fields_that_moved_section_still_read():
+    """Recipes, overrides and run folders written before weight decay moved to [model] and
+    freeze_bn/sync_bn to [train] keep working, and say where the field is now."""
+    config = recipes.resolve("cifar10-fast", ["train.weight_decay=3e-4", "model.freeze_bn=true"])
+    assert config["model"]["weight_decay"] == 3e-4 and config["train"]["freeze_bn"] is True
+    assert "weight_decay" not in config["train"] and "freeze_bn" not in config["model"]
+    old = recipes.load("cifar10-fast")
+    old["train"]["bn_weight_decay"] = old["model"].pop("bn_weight_decay")
+    old["model"]["sync_bn"] = old["train"].pop("sync_bn")
+    assert recipes.upgrade(old) == recipes.load("cifar10-fast")
+    with pytest.raises(recipes.RecipeError, match=r"model.weight_decay must be >= 0"):
+        recipes.resolve("cifar10-fast", ["train.weight_decay=-1"])
+
+
 def test_without_recipe_the_data_picks_it():
-    config = training.resolve_config(None, data=str(CIFAR_DIR), epochs=5)
+    config = recipes.resolve(None, data=str(CIFAR_DIR), epochs=5)
     assert config["recipe"]["name"] == "cifar10-fast" and config["train"]["epochs"] == 5
 
 
@@ -48,10 +88,10 @@ def test_without_recipe_the_data_picks_it():
     (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"epoch": 3}}, "x"), r"unknown field train.epoch"),
     (lambda: recipes.merge(recipes.DEFAULTS, {"optim": {}}, "x"), r"unknown section \[optim\]"),
     (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"epochs": "ten"}}, "x"), r"train.epochs must be a int"),
-    (lambda: recipes.merge(recipes.DEFAULTS, {"train": {"bn_weight_decay": -1e-4}}, "x"),
-     r"train.bn_weight_decay must be >= 0"),
+    (lambda: recipes.merge(recipes.DEFAULTS, {"model": {"bn_weight_decay": -1e-4}}, "x"),
+     r"model.bn_weight_decay must be >= 0"),
     (lambda: recipes.parse_override("epochs=3"), r"section.field=value"),
-    (lambda: training.resolve_config("cifar10-fast", bogus=1), r"Unknown option"),
+    (lambda: recipes.resolve("cifar10-fast", bogus=1), r"Unknown option"),
     (lambda: training.resolve_precision("fp8"), r"train.precision"),
 ])
 def test_bad_recipes_are_clear_errors(call, match):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_DIR, ROOT, SMALL, cli, run_python, small_cifar_folder
-from keras_resnet import build, cli as cli_module, recipes, report, training
+from keras_resnet import benchmarking, build, cli as cli_module, recipes, report, runs, training
 from keras_resnet.layers import FUSED_MIN_EPSILON, BatchNormalization
 
 
@@ -127,8 +127,8 @@ def test_overwrite_of_a_run_folder_removes_only_what_train_wrote(trained_run, tm
     shutil.copytree(trained_run[0], folder)
     (folder / "model.tflite").write_bytes(b"an export the user made")
     (folder / "README.txt").write_text("my notes")
-    config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", epochs=2)
-    assert training._prepare_folder(folder, config, overwrite=True, log=print) == "new"
+    config = recipes.resolve("cifar10-fast", depth=8, variant="cifar", epochs=2)
+    assert runs.prepare(folder, config, overwrite=True, log=print) == "new"
     assert sorted(p.name for p in folder.iterdir()) == ["README.txt", "config.json", "model.tflite"]
     assert json.loads((folder / "config.json").read_text()) == config
 
@@ -145,7 +145,7 @@ def test_json_files_never_hold_bare_nan(tmp_path):
 # 6. checkpoint restore: only a damaged file falls back -----------------------------------------
 
 def _compiled(num_classes=10):
-    config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
+    config = recipes.resolve("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
     model = training.build_model(config, num_classes=num_classes, image_size=(32, 32))
     training.compile_model(model, config, steps_per_epoch=31)
     return model
@@ -156,20 +156,20 @@ def test_a_checkpoint_that_does_not_fit_stops_the_run_and_is_kept(trained_run, t
     shutil.copytree(trained_run[0] / "checkpoints", ckpt)
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
     model = _compiled(num_classes=5)  # as after a code change: intact files, other shapes
-    with pytest.raises(training.RunError, match=r"intact but does not fit this model.*left untouched"):
-        training.restore_latest(model, ckpt, print)
+    with pytest.raises(runs.RunError, match=r"intact but does not fit this model.*left untouched"):
+        runs.restore_latest(model, ckpt, print)
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
 
 
 def test_every_checkpoint_damaged_stops_instead_of_starting_over(trained_run, tmp_path):
     ckpt = tmp_path / "checkpoints"
     shutil.copytree(trained_run[0] / "checkpoints", ckpt)
-    for path in training.checkpoints(ckpt):
+    for path in runs.checkpoints(ckpt):
         path.write_bytes(path.read_bytes()[:2000])
     names = sorted(p.name for p in ckpt.iterdir())
     messages = []
-    with pytest.raises(training.RunError, match="Every checkpoint in .* is damaged"):
-        training.restore_latest(_compiled(), ckpt, messages.append)
+    with pytest.raises(runs.RunError, match="Every checkpoint in .* is damaged"):
+        runs.restore_latest(_compiled(), ckpt, messages.append)
     assert len(messages) == 2 and sorted(p.name for p in ckpt.iterdir()) == names
 
 
@@ -179,7 +179,7 @@ def test_a_resume_with_checkpoints_that_do_not_fit_exits_2_and_overwrites_nothin
     (folder / "model.keras").unlink()  # as if it had been killed before the end
     metrics = json.loads((folder / "metrics.json").read_text())
     (folder / "metrics.json").write_text(json.dumps({**metrics, "status": "running"}))
-    newest = training.checkpoints(folder / "checkpoints")[0]
+    newest = runs.checkpoints(folder / "checkpoints")[0]
     _compiled(num_classes=3).save_weights(newest)  # intact, of another architecture
     replaced = newest.read_bytes()
     result = cli(*SMALL, "--lr", "0.8", "--epochs", "4", "--max-train-samples", "2000",
@@ -206,7 +206,7 @@ def test_declared_python_floor_has_every_module_the_package_imports():
 def test_training_restores_the_users_dtype_policy():
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", precision="float32")
+        config = recipes.resolve("cifar10-fast", depth=8, variant="cifar", precision="float32")
         model, _, policy = training.build_compiled(config, num_classes=10, image_size=(32, 32),
                                                    normalization=None, steps_per_epoch=10)
         assert policy == "float32" and model.dtype_policy.name == "float32"
@@ -257,14 +257,14 @@ def test_default_batch_norm_epsilon_is_one_the_fused_kernel_trains_with():
 # 14. the benchmark reports every window -------------------------------------------------------
 
 def test_benchmark_reports_windows_best_median_and_spread():
-    stats = training.benchmark(20, steps=3, warmup=1, rounds=4, batch_size=16, precision="float32")
+    stats = benchmarking.benchmark(20, steps=3, warmup=1, rounds=4, batch_size=16, precision="float32")
     assert len(stats["window_seconds"]) == 4 and all(w > 0 for w in stats["window_seconds"])
     assert stats["worst_images_per_sec"] <= stats["images_per_sec"] <= stats["best_images_per_sec"]
     rates = sorted(16 * 3 / w for w in stats["window_seconds"])
     assert math.isclose(stats["images_per_sec"], (rates[1] + rates[2]) / 2, rel_tol=1e-2)
     assert stats["slowest_step_ms"] >= stats["median_step_ms"] > 0
     with pytest.raises(ValueError, match="rounds must be at least 1"):
-        training.benchmark(20, rounds=0)
+        benchmarking.benchmark(20, rounds=0)
 
 
 def test_a_float32_model_loads_and_runs_under_a_mixed_global_policy(tmp_path, cifar_images):

@@ -122,7 +122,7 @@ def test_evaluate_and_predict(run):
 
 def test_flip_tta_averages_each_image_with_its_mirror(run):
     folder, _ = run
-    from keras_resnet import data, training
+    from keras_resnet import data, evaluation
 
     model = keras.models.load_model(folder / "model.keras")
     splits = data.load_image_folder(CIFAR_DIR, max_train_samples=10, max_eval_samples=200)
@@ -131,8 +131,8 @@ def test_flip_tta_averages_each_image_with_its_mirror(run):
     y = np.concatenate([label.numpy() for _, label in ds])
     probs = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
     expected_loss = -np.mean(np.log(probs[np.arange(len(y)), y]))
-    tta = training.evaluate_model(model, ds, splits.class_names, flip_tta=True)
-    plain = training.evaluate_model(model, ds, splits.class_names)
+    tta = evaluation.evaluate_model(model, ds, splits.class_names, flip_tta=True)
+    plain = evaluation.evaluate_model(model, ds, splits.class_names)
     assert tta["loss"] == pytest.approx(expected_loss, rel=1e-4)
     assert tta["accuracy"] == np.mean(probs.argmax(1) == y)
     assert abs(tta["loss"] - plain["loss"]) > 1e-4  # the mirror really was a second view
@@ -223,18 +223,18 @@ def test_class_count_mismatch_is_refused(run, tmp_path):
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path):
     folder, _ = run
-    from keras_resnet import training
+    from keras_resnet import recipes, runs, training
 
     ckpt = tmp_path / "checkpoints"
     shutil.copytree(folder / "checkpoints", ckpt)
-    newest = training.checkpoints(ckpt)[0]
+    newest = runs.checkpoints(ckpt)[0]
     newest.write_bytes(newest.read_bytes()[:1000])  # as if the disk lost the end of the file
     (ckpt / "tmp-epoch-0005.weights.h5").write_bytes(b"half-written")
-    config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
+    config = recipes.resolve("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
     model = training.build_model(config, num_classes=10, image_size=(32, 32))
     training.compile_model(model, config, steps_per_epoch=31)
     messages = []
-    assert training.restore_latest(model, ckpt, messages.append) == 3
+    assert runs.restore_latest(model, ckpt, messages.append) == 3
     assert "epoch-0004.weights.h5 is damaged" in messages[0]
     assert int(model.optimizer.iterations.numpy()) == 3 * 31
     assert not list(ckpt.glob("tmp-*"))
@@ -268,9 +268,9 @@ def test_sigkill_then_same_command_resumes(tmp_path):
     assert metrics["status"] == "complete" and len(metrics["history"]["loss"]) == 4
     # The step-based schedule went on where it stopped: lr at each epoch end is the
     # uninterrupted schedule's value after that many steps.
-    from keras_resnet import training
+    from keras_resnet import recipes, training
 
-    config = training.resolve_config("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
+    config = recipes.resolve("cifar10-fast", depth=8, variant="cifar", epochs=4, batch_size=64)
     model = training.build_model(config, num_classes=10, image_size=(32, 32))
     schedule = training.compile_model(model, config, steps_per_epoch=15)
     expected = [float(keras.ops.convert_to_numpy(schedule(15 * (e + 1)))) for e in range(4)]
@@ -296,7 +296,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     (["--data", "/nonexistent/cifar"], "does not exist"),
     (["--recipe", "cifar10-slow"], "Unknown recipe 'cifar10-slow'"),
     (["--set", "train.epoch=3"], "unknown field train.epoch"),
-    (["--set", "train.weight_decay=-5e-4"], "train.weight_decay must be >= 0"),
+    (["--set", "model.weight_decay=-5e-4"], "model.weight_decay must be >= 0"),
     (["--data", "no_such_dataset_xyz"], "Unknown TFDS dataset 'no_such_dataset_xyz'"),
 ])
 def test_cli_user_errors(tmp_path, args, message):

@@ -1,0 +1,238 @@
+"""The run folder: what `train` writes into it, and the reader that evaluation, export and
+the CLI use.
+
+A run folder holds config.json (the full resolved recipe), metrics.json and history.csv
+(rewritten after every epoch), checkpoints/ (the last two epochs, each written to a
+temporary file and renamed), logs/ (TensorBoard), and at the end model.keras (the final
+model, float32, taking RGB pixels in [0, 255] and returning probabilities), curves.png and
+confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+from keras_resnet import recipes, report
+
+# What `train` writes into a run folder; --overwrite removes these and nothing else.
+ENTRIES = ("config.json", "metrics.json", "history.csv", "checkpoints", "logs", "model.keras",
+           "curves.png", "confusion_matrix.png", "tmp-model.keras", ".metrics.json.tmp",
+           ".history.csv.tmp", ".config.json.tmp")
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on as asked (configuration clash, NaN loss); the message says why."""
+
+
+# -- the reader ------------------------------------------------------------------------------
+
+def read_config(folder: Path) -> dict | None:
+    """The configuration of the run folder `folder`; None when it is new or empty.
+    Raises `RunError` for a folder that holds anything else: it is never written to."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        raise RunError(f"--output {folder} is a file, not a run folder; choose a new folder.")
+    if not any(folder.iterdir()):
+        return None
+    saved = report.read_json(folder / "config.json")
+    if not isinstance(saved, dict) or set(saved) != set(recipes.DEFAULTS):
+        raise RunError(f"--output {folder} is not empty and is not a keras-resnet run folder (it has "
+                       "no keras-resnet config.json); nothing in it was changed. Choose a new or "
+                       "empty folder.")
+    return recipes.upgrade(saved)
+
+
+def read_metrics(folder: Path) -> dict:
+    """metrics.json of the run folder `folder` ({} when there is none yet)."""
+    return report.read_json(folder / "metrics.json") or {}
+
+
+def context(model_path: str | os.PathLike | None) -> dict:
+    """What the run folder beside a `train` model records: data, eval crop, class names.
+
+    `crop` is the run's `data.eval_crop_fraction` (0.0: none) when the folder has a
+    config.json, else None (no run configuration known)."""
+    if model_path is None:
+        return {}
+    folder = Path(model_path).resolve().parent
+    config = report.read_json(folder / "config.json")
+    data = (config or {}).get("data", {})
+    return {"data": data.get("name") or None, "data_dir": data.get("data_dir") or None,
+            "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
+            "class_names": read_metrics(folder).get("class_names"), "folder": folder}
+
+
+def default_folder(recipe: str | None) -> Path:
+    """Where `train` writes when no output is given: runs/<recipe name>."""
+    return Path("runs") / (Path(recipe).stem if recipe else "default")
+
+
+def summary(output: str | os.PathLike, metrics: dict) -> dict:
+    """The few numbers of a finished run that the CLI prints."""
+    return {"output": str(output), "epochs_completed": metrics["epochs_completed"],
+            "eval": {k: v for k, v in metrics.get("eval", {}).items()
+                     if k in ("accuracy", "top5_accuracy", "loss")}}
+
+
+# -- starting, resuming, replacing -----------------------------------------------------------
+
+def clear(folder: Path) -> None:
+    """Remove what `train` wrote into `folder`; anything else (exports, notes) stays."""
+    for name in ENTRIES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def prepare(folder: Path, config: dict, overwrite: bool, log: Callable[[str], None]) -> str:
+    """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`.
+
+    A run that stopped before its first checkpoint (a bad data path, a crash in epoch 1)
+    holds nothing to resume, so a different configuration simply replaces its config.json.
+    """
+    saved = read_config(folder)
+    if overwrite and saved is not None:
+        clear(folder)
+        saved = None
+    if (saved is not None and saved != config
+            and not checkpoints(folder / "checkpoints") and not (folder / "model.keras").exists()):
+        log(f"{folder}: its earlier run stopped before its first checkpoint; starting anew with "
+            "this configuration.")
+        saved = None
+    if saved is not None and saved != config:
+        changed = sorted(f"{s}.{k}" for s in config for k in config[s]
+                         if saved.get(s, {}).get(k) != config[s][k])
+        raise RunError(f"{folder} holds a run with a different configuration (changed: "
+                       f"{', '.join(changed[:6]) or 'sections'}); use another --output, or "
+                       "--overwrite to replace it.")
+    folder.mkdir(parents=True, exist_ok=True)
+    if saved is None:
+        report.write_json(folder / "config.json", config)
+        return "new"
+    return state(folder)
+
+
+def state(folder: Path) -> str:
+    """"complete" when the run in `folder` finished and saved its model, else "resume"."""
+    complete = read_metrics(folder).get("status") == "complete" and (folder / "model.keras").exists()
+    return "complete" if complete else "resume"
+
+
+# -- what `fit` writes -----------------------------------------------------------------------
+
+class Recorder(keras.callbacks.Callback):
+    """Rewrites metrics.json and history.csv after every epoch: one continuous history."""
+
+    def __init__(self, folder: Path, initial_epoch: int, schedule, extra: dict,
+                 history_from: Path | None = None):
+        """`history_from`: the run folder whose first `initial_epoch` epochs continue
+        (default: `folder`; a non-chief worker reads the chief's)."""
+        super().__init__()
+        self.folder, self.schedule, self.extra = folder, schedule, extra
+        previous = read_metrics(history_from or folder)
+        self.history = {k: v[:initial_epoch] for k, v in previous.get("history", {}).items()}
+        self.epochs_completed = initial_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.schedule(self.model.optimizer.iterations)))
+        for key in set(self.history) | set(logs):
+            values = self.history.setdefault(key, [None] * self.epochs_completed)
+            values.append(None if logs.get(key) is None else float(logs[key]))
+        self.epochs_completed = epoch + 1
+        self.write(status="running")
+
+    def write(self, status: str, **more) -> dict:
+        metrics = {"status": status, "epochs_completed": self.epochs_completed,
+                   "history": self.history, **self.extra, **more}
+        report.write_json(self.folder / "metrics.json", metrics)
+        report.write_history_csv(self.folder / "history.csv", self.history)
+        return metrics
+
+
+class CrashSafeCheckpoint(keras.callbacks.Callback):
+    """Model + optimizer state after each finite epoch: temp file, fsync, rename; keeps two."""
+
+    def __init__(self, folder: Path, keep: int = 2):
+        super().__init__()
+        self.folder, self.keep = folder, keep
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or not math.isfinite(loss):
+            return  # never replace a good checkpoint with a diverged one
+        final = self.folder / f"epoch-{epoch + 1:04d}.weights.h5"
+        tmp = self.folder / f"tmp-epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        for old in checkpoints(self.folder)[self.keep:]:
+            old.unlink()
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, newest first."""
+    return sorted(folder.glob("epoch-*.weights.h5"), reverse=True)
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint was written after (epoch-0007.weights.h5 -> 7)."""
+    return int(path.name.split("-")[1].split(".")[0])
+
+
+def damaged(path: Path) -> str | None:
+    """Why the HDF5 file `path` is damaged (truncated, corrupt, unreadable data), or None
+    if every dataset in it reads back whole."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception as err:  # h5py raises OSError, KeyError, RuntimeError... on bad bytes
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+    return None
+
+
+def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
+                   clean: bool = True) -> int:
+    """Load the newest checkpoint (weights + optimizer); returns its epoch (0: none).
+
+    Only a damaged file falls back to the one before. A whole file that does not fit the
+    model (the code or a version changed) stops the run with `RunError`, as does a folder
+    whose every checkpoint is damaged: nothing is overwritten. `clean` removes half-written
+    temporaries (only the folder's owner does).
+    """
+    for stale in folder.glob("tmp-*") if clean else ():
+        stale.unlink(missing_ok=True)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    found = checkpoints(folder)
+    for path in found:
+        reason = damaged(path)
+        if reason:
+            log(f"Checkpoint {path.name} is damaged ({reason}); trying the previous one.")
+            continue
+        try:
+            model.load_weights(path)
+        except Exception as err:
+            raise RunError(
+                f"Checkpoint {path} is intact but does not fit this model ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:200]}); it was left untouched. Resume with the "
+                "keras-resnet version that wrote it, or start anew with another --output "
+                "(or --overwrite).") from err
+        return checkpoint_epoch(path)
+    if found:
+        raise RunError(f"Every checkpoint in {folder} is damaged ({', '.join(p.name for p in found)}); "
+                       "they were left untouched. Start anew with another --output (or --overwrite).")
+    return 0
