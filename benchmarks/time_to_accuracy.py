@@ -39,12 +39,12 @@ def cpu_model() -> str:
 
 def run(args) -> dict:
     folder = Path(args.output) / f"{args.recipe}-e{args.epochs}-s{args.seed}"
-    command = ["keras-resnet", "train", "--recipe", args.recipe, "--epochs", str(args.epochs),
+    command = ["train", "--recipe", args.recipe, "--epochs", str(args.epochs),
                "--seed", str(args.seed), "--output", str(folder)]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=sys.stdout, stderr=sys.stderr)
+    start = time.perf_counter()  # the CLI of this interpreter's environment, as a user runs it
+    done = subprocess.run([sys.executable, "-m", "keras_resnet.cli", *command])
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"train failed (exit {done.returncode}); nothing recorded.")
@@ -52,7 +52,7 @@ def run(args) -> dict:
     record = {
         "date": datetime.date.today().isoformat(), "budget_min": args.budget_min,
         "recipe": args.recipe, "epochs": args.epochs, "seed": args.seed,
-        "command": " ".join(command), "wall_s": round(wall, 1),
+        "command": " ".join(["keras-resnet", *command]), "wall_s": round(wall, 1),
         "within_budget": wall <= 60 * args.budget_min,
         "top1": metrics["eval"]["accuracy"],
         "flip_tta_top1": metrics["eval"].get("flip_tta", {}).get("accuracy"),
@@ -72,7 +72,7 @@ def table(output: str) -> str:
         minutes, seconds = divmod(round(r["wall_s"]), 60)
         over = "" if r["within_budget"] else " (over budget)"
         tta = f"{100 * r['flip_tta_top1']:.2f} %" if r["flip_tta_top1"] is not None else "–"
-        lines.append(f"| {r['budget_min']} min | `{r['recipe']}` | {r['epochs']} | {r['seed']} | "
+        lines.append(f"| {r['budget_min']:g} min | `{r['recipe']}` | {r['epochs']} | {r['seed']} | "
                      f"{minutes} min {seconds} s{over} | {100 * r['top1']:.2f} % | {tta} |")
     return "\n".join(lines)
 

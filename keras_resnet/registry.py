@@ -227,7 +227,7 @@ def list_weights(pattern: str = "*") -> list[str]:
 
 def table(pattern: str = "*", fmt: str = "text") -> str:
     """The published weights matching `pattern` as a table: "text", "json" or "markdown"
-    (the README's short table: name, source, top-1, resolution, license)."""
+    (markdown: the short table in docs/models.md: name, source, top-1, resolution, license)."""
     records = [WEIGHTS[name] for name in list_weights(pattern)]
     if not records:
         raise ValueError(f"No weights match {pattern!r}; `keras-resnet weights` lists them all.")

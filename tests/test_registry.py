@@ -146,9 +146,10 @@ def test_weights_command_prints_the_table(capsys):
                                                "`keras-resnet weights` lists them all.")
 
 
-def test_readme_table_is_generated_from_the_registry(capsys):
+def test_docs_weight_table_is_generated_from_the_registry(capsys):
     assert cli.main(["weights", "--format", "markdown"]) == 0
     table = capsys.readouterr().out.strip()
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Pretrained weights"):]
+    docs = (ROOT / "docs" / "models.md").read_text()
+    section = docs[docs.index("## Published weights"):]
     assert table in section[:section.index("\n## ", 3)]
+    assert len(table.splitlines()) == 2 + len(registry.WEIGHTS)

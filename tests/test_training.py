@@ -351,3 +351,35 @@ def test_large_images_stream_with_random_resized_crop_and_center_crop_eval(tmp_p
     import keras_resnet  # noqa: F401
 
     assert keras.models.load_model(folder / "model.keras").input_shape == (None, 64, 64, 3)
+
+
+def test_the_readme_main_command_trains_on_the_original_cifar10_through_tfds(tmp_path):
+    """The README's main command, read from the README, on the original CIFAR-10 through
+    TFDS (a small model and a 2,000-image subset so it runs in a test); then `evaluate` of
+    its model on the same subset gives the run's own score, and on the whole test split
+    reads all 10,000 images. Nothing is written into the shared data folder."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("pip install . && keras-resnet train"))
+    args = command.split(" && keras-resnet ", 1)[1].split()
+    assert args[:3] == ["train", "--recipe", "cifar10-fast"] and "--data-dir" in args
+    data_dir = args[args.index("--data-dir") + 1]
+    assert (ROOT / data_dir / "cifar10").is_dir(), data_dir  # relative to the checkout, as run
+    args[args.index("--output") + 1] = str(tmp_path / "main")
+    shared = sorted((str(p), p.stat().st_mtime_ns) for p in (ROOT / data_dir).rglob("*"))
+    result = cli(*args, "--depth", "8", "--variant", "cifar", "--epochs", "2", "--batch-size", "64",
+                 "--lr", "0.8", "--max-train-samples", "2000", "--max-eval-samples", "1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "main" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["data"] == "tfds:cifar10"
+    assert (metrics["num_train"], metrics["num_test"]) == (2000, 1000)
+    assert metrics["eval"]["accuracy"] > 0.2 and metrics["class_names"][3] == "cat"
+    model = str(tmp_path / "main" / "model.keras")
+    same = cli("evaluate", model, "--data", "cifar10", "--data-dir", data_dir,
+               "--max-eval-samples", "1000", "--format", "json")
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert abs(json.loads(same.stdout)["accuracy"] - metrics["eval"]["accuracy"]) <= 0.002
+    whole = cli("evaluate", model, "--data", "cifar10", "--data-dir", data_dir, "--format", "json")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    report = json.loads(whole.stdout)
+    assert report["num_images"] == 10000 and report["accuracy"] > 0.2
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in (ROOT / data_dir).rglob("*")) == shared
