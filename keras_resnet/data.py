@@ -263,8 +263,15 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
     remap = np.full(len(all_names), -1, np.int32)
     remap[picked] = np.arange(len(picked))
 
+    shape = features["image"].shape
+    size = tuple(shape[:2]) if None not in shape[:2] else None
+    in_memory = bool(size and max(size) <= MEMORY_MAX_SIDE and include_train)
+    # We cache small splits ourselves: TFDS's own autocache would be a second copy, and the
+    # statistics sample below would read it partially (TensorFlow then discards it, warning).
+    read_config = tfds.ReadConfig(try_autocache=not in_memory)
+
     def take(split, n, split_seed):
-        ds = builder.as_dataset(split=split, as_supervised=True)
+        ds = builder.as_dataset(split=split, as_supervised=True, read_config=read_config)
         total = builder.info.splits[split].num_examples
         if classes:
             ds = ds.map(lambda image, label: (image, tf.gather(remap, tf.cast(label, tf.int32))))
@@ -286,14 +293,12 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
         train, n_train = builder.as_dataset(split="train", as_supervised=True).take(0), 0
     test, n_test = take(eval_split, max_eval_samples, seed + 1)
     cast = lambda image, label: (image, tf.cast(label, tf.int32))  # noqa: E731
-    shape = features["image"].shape
-    size = tuple(shape[:2]) if None not in shape[:2] else None
-    if size and max(size) <= MEMORY_MAX_SIDE and include_train:
-        train, test = train.map(cast).cache(), test.map(cast).cache()
+    train, test = train.map(cast), test.map(cast)
+    if in_memory:
         sample = np.stack([img for img, _ in tfds.as_numpy(train.take(10_000))])
         mean, std = channel_stats(sample)
+        train, test = train.cache(), test.cache()  # after the partial read, so nothing discards it
     else:
-        train, test = train.map(cast), test.map(cast)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     return Splits(train, test, [all_names[i] for i in picked], n_train, n_test, size, mean, std,
                   source=f"tfds:{name}" + (f" ({len(picked)} classes)" if classes else ""))

@@ -146,6 +146,23 @@ def test_tfds_cifar10_from_the_prepared_data_dir():
     assert _tree_state(TFDS_DIR) == before  # nothing written into the shared folder
 
 
+def test_tfds_full_splits_are_cached_whole_without_tensorflows_discard_warning():
+    """The whole of CIFAR-10 from TFDS, as every real run reads it: the statistics sample must
+    not read a cache partially (TensorFlow then discards it and warns at every run's start)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from keras_resnet import data\n"
+              f"s = data.load('cifar10', data_dir={str(TFDS_DIR)!r})\n"
+              "print(s.num_train, s.num_test, sum(1 for _ in s.train), sum(1 for _ in s.test))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-4:] == ["50000", "10000", "50000", "10000"]
+    assert "did not fully read the dataset being cached" not in result.stderr
+
+
 def test_classes_keep_and_relabel_a_subset_of_a_folder(tmp_path):
     root = small_cifar_folder(tmp_path, ("cat", "dog", "frog"), per_class=4)
     splits = data.load(str(root), classes=["frog", "cat"])
