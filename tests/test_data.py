@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_resnet import data
-from conftest import CIFAR_DIR, small_cifar_folder
+from conftest import CIFAR_DIR, run_python, small_cifar_folder
 
 
 def test_image_folder_subset_is_seeded_stratified_and_not_sorted_prefix():
@@ -149,15 +149,10 @@ def test_tfds_cifar10_from_the_prepared_data_dir():
 def test_tfds_full_splits_are_cached_whole_without_tensorflows_discard_warning():
     """The whole of CIFAR-10 from TFDS, as every real run reads it: the statistics sample must
     not read a cache partially (TensorFlow then discards it and warns at every run's start)."""
-    import os
-    import subprocess
-    import sys
-
     script = ("from keras_resnet import data\n"
               f"s = data.load('cifar10', data_dir={str(TFDS_DIR)!r})\n"
               "print(s.num_train, s.num_test, sum(1 for _ in s.train), sum(1 for _ in s.test))\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    result = run_python(script, env={"TF_CPP_MIN_LOG_LEVEL": "0"}, timeout=600)  # warnings shown
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-4:] == ["50000", "10000", "50000", "10000"]
     assert "did not fully read the dataset being cached" not in result.stderr
