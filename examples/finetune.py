@@ -5,8 +5,10 @@
 
 The folder holds train/ and test/ (or val/), one sub-folder per class. Training runs in
 two phases: the new head alone (backbone frozen, BN in inference mode), then the whole
-network with the backbone at a tenth of the learning rate; BN statistics stay frozen. The
-run folder (--output) resumes after a crash and exports like any other.
+network with its own warm-up and cosine schedule. The `finetune` recipe picks the head
+length, epochs, learning rate, BN mode, weight decay and augmentation from the number and
+size of the images (printed first, recorded in config.json); --epochs overrides its epochs.
+The run folder (--output) resumes after a crash and exports like any other.
 """
 
 import argparse
@@ -18,13 +20,13 @@ parser.add_argument("folder")
 parser.add_argument("--weights", required=True, help="a .keras model from `train`, 'imagenet' or a weights file")
 parser.add_argument("--depth", type=int, default=50)
 parser.add_argument("--size", type=int, help="input side (default: the images' own)")
-parser.add_argument("--epochs", type=int, default=10)
-parser.add_argument("--head-epochs", type=int, default=2)
+parser.add_argument("--epochs", type=int, help="epochs of the whole network (default: picked from the data)")
+parser.add_argument("--head-steps", type=int, help="steps of the head alone (default: picked from the data)")
 parser.add_argument("--max-train-samples", type=int)
 parser.add_argument("--output", default="runs/finetune")
 args = parser.parse_args()
 
-overrides = [f"train.head_epochs={args.head_epochs}"]
+overrides = [f"train.head_steps={args.head_steps}"] if args.head_steps is not None else []
 if args.size:
     overrides.append(f"data.image_size=[{args.size}, {args.size}]")
 metrics = keras_resnet.train(

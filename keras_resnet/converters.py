@@ -268,8 +268,26 @@ Plan = list[tuple[keras.Variable, np.ndarray]]
 def plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
     """(variable, array) for every variable of `model`, every entry of the file used:
     what `load` assigns, or the refusal naming the first mismatch. Not for "native"."""
-    return {"torch": _torch_plan, "keras_applications": _keras_applications_plan,
-            "keras_resnet": _keras_resnet_plan}[checkpoint.layout](model, checkpoint)
+    pairs = {"torch": _torch_plan, "keras_applications": _keras_applications_plan,
+             "keras_resnet": _keras_resnet_plan}[checkpoint.layout](model, checkpoint)
+    _check_covers(model, pairs, checkpoint.path)
+    return pairs
+
+
+def _check_covers(model: keras.Model, pairs: Plan, path: str) -> None:
+    """Refuse a plan that leaves any variable of `model` unassigned, or assigns one twice."""
+    counts: dict[int, int] = {}
+    for variable, _ in pairs:
+        counts[id(variable)] = counts.get(id(variable), 0) + 1
+    missing = [v.path for v in model.weights if id(v) not in counts]
+    twice = [v.path for v in model.weights if counts.get(id(v), 0) > 1]
+    if missing or twice:
+        what = (f"it has nothing for {len(missing)} of the model's {len(model.weights)} variables "
+                f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})" if missing
+                else f"it would assign {twice[0]} twice")
+        raise ValueError(f"Weights file {path!r} does not fit this model: {what}. It was saved for "
+                         "another architecture: build the one it holds (without se_ratio, with the "
+                         "file's variant and shortcut), or use weights saved for this one.")
 
 
 def load(model: keras.Model, checkpoint: Checkpoint) -> None:
@@ -389,7 +407,18 @@ def _keras_applications_targets(model: keras.Model) -> list[tuple[str, keras.lay
     return out
 
 
+def _require_projection_shortcuts(model: keras.Model, checkpoint: Checkpoint, what: str) -> None:
+    """Legacy files hold strided 1x1 projections; an average-pooled (ResNet-D) shortcut has
+    the same shapes but computes something else."""
+    for _, _, block in _blocks(model):
+        if getattr(block, "shortcut_kind", None) == "avgpool":
+            raise ValueError(f"{checkpoint.path!r} holds {what} with strided 1x1 projection shortcuts, "
+                             f"but {block.name} pools before its projection (shortcut='avgpool'): "
+                             "build with the default shortcut.")
+
+
 def _keras_applications_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    _require_projection_shortcuts(model, checkpoint, "keras.applications weights")
     if checkpoint.variant == "v1":
         _require_stride_on(model, checkpoint, "1x1", "keras.applications ResNet v1 weights (stride on the 1x1)")
     return _legacy_plan(model, checkpoint, _keras_applications_targets(model), "predictions")
@@ -397,6 +426,7 @@ def _keras_applications_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan
 
 def _keras_resnet_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
     _require_stride_on(model, checkpoint, "1x1", "keras-resnet weights (v1: stride on the 1x1)")
+    _require_projection_shortcuts(model, checkpoint, "keras-resnet weights")
     names = set(checkpoint.layer_names)
     stem = {"conv1_conv": "conv1", "conv1_bn": "bn_conv1", "predictions": "fc1000"}
     blocks = {id(layer): (s, b) for s, b, layer in _blocks(model)}
@@ -519,4 +549,4 @@ def _load_native(model: keras.Model, path: str) -> None:
             got = [shape for _, shape in found.get(key, [])]
             raise _mismatch(path, names.get(key, key.removeprefix("layers/")),
                             f"model expects variables {want or 'none'}, file has {got or 'none'}")
-    model.load_weights(path)
+    keras.Model.load_weights(model, path)  # Keras's own, also for the old API's subclass

@@ -333,6 +333,33 @@ def peek_image_side(data: str, data_dir: str | None = None) -> int:
     return max(shape[:2]) if None not in shape[:2] else 1 << 30
 
 
+def count_train(data: str, data_dir: str | None = None, classes: list[str] | None = None,
+                max_train_samples: int | None = None) -> int:
+    """How many training images `load` will give, without decoding any: files in the class
+    folders, or TFDS's split size (times the share of `classes`, for balanced datasets)."""
+    if is_folder(data):
+        train_dir = Path(data, "train")
+        folders = _class_folders(train_dir) if train_dir.is_dir() else []
+        names = [folders[i] for i in _pick_classes(folders, classes, str(train_dir))] if folders else []
+        total = sum(1 for name in names for f in (train_dir / name).iterdir()
+                    if f.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(data, data_dir=data_dir)
+            if "train" not in builder.info.splits:  # not prepared yet: as `load_tfds` would
+                builder.download_and_prepare()
+            total = builder.info.splits["train"].num_examples
+            labels = builder.info.features["label"].names
+        except Exception as err:
+            raise DataError(f"Cannot read the size of TFDS dataset {data!r} ({type(err).__name__}); "
+                            "use --data <folder> for local images.") from err
+        if classes:
+            total = total * len(_pick_classes(labels, classes, f"TFDS {data!r}")) // len(labels)
+    return min(total, max_train_samples) if max_train_samples else total
+
+
 def load(data: str, **kwargs) -> Splits:
     """A folder path or a TFDS name."""
     if is_folder(data):

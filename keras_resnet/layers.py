@@ -455,17 +455,20 @@ class BatchNormalization(layers.BatchNormalization):
     (the fused kernel silently raises it to that in training, while inference would use the
     given one) use Keras's own path. `freeze=True`
     (the old `keras-resnet` API) keeps the layer in inference mode and its weights fixed.
+    `frozen_statistics = True` (set while fine-tuning, not saved) keeps it in inference mode
+    with gamma/beta still trainable.
     """
 
     def __init__(self, freeze: bool = False, *args, fused: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.freeze = freeze
         self.fused = fused
+        self.frozen_statistics = False
         if freeze:  # never the other way: a saved `trainable=False` stays
             self.trainable = False
 
     def call(self, inputs, training=None, mask=None):
-        training = False if self.freeze else training
+        training = False if self.freeze or self.frozen_statistics else training
         if (training and self.trainable and self.fused and mask is None and not self.synchronized
                 and not getattr(self, "renorm", False) and self.epsilon >= FUSED_MIN_EPSILON
                 and keras.backend.backend() == "tensorflow"

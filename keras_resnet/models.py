@@ -2,9 +2,12 @@
 
 `ResNet50(inputs, blocks=None, include_top=True, classes=1000, freeze_bn=False)` builds on
 an input tensor; without the top, the model's outputs are the stage outputs C2..C5.
-These are v1 (stride on the bottleneck's first 1x1) models, as that package built them.
-`weights=path` loads that package's (and keras-retinanet's) ImageNet `.h5` files exactly,
-rebuilding the stem with the padding they were trained with.
+These are v1 (stride on the bottleneck's first 1x1) models with that package's stem
+(conv1 padded by 3, pool1 padding "same"), as it built them. `weights=path` loads its (and
+keras-retinanet's) ImageNet `.h5` files exactly, with the stem padding they were trained
+with, and keras.applications v1 files with keras.applications' stem. The models are
+`ResNetModel`s: Keras's own `model.load_weights(path, by_name=True)`, as code written for
+the old package calls it, loads those files exactly too, or raises and loads nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,48 @@ import keras
 
 from keras_resnet import converters, specs
 from keras_resnet.builder import build_from_spec
+from keras_resnet.layers import register
+
+# The old package's stem: conv1 after an explicit 3-pixel pad, pool1 padding "same".
+OLD_STEM = {"conv1": "valid", "pool1": "same"}
+
+
+@register
+class ResNetModel(keras.Model):
+    """A functional model whose `load_weights` reads the old package's files exactly.
+
+    `model.load_weights(path, by_name=True)` on the old package's models matched its layer
+    names; these models name layers as keras.applications does, so Keras's by-name loader
+    would assign nothing and say nothing. Here every legacy `.h5` (keras-resnet,
+    keras-retinanet, keras.applications) and `.weights.h5` goes through `converters.load`:
+    each variable assigned once from the file, or an error and nothing assigned. `by_name`
+    and `skip_mismatch` are accepted for the old call's sake; a file that does not fit is
+    refused whatever they say.
+    """
+
+    def load_weights(self, filepath, skip_mismatch: bool = False, **kwargs) -> None:
+        path = str(filepath)
+        if path.endswith(".keras"):
+            return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        checkpoint = converters.read(path)
+        expected = (checkpoint.stem if checkpoint.layout == "keras_resnet" else
+                    {"conv1": "valid", "pool1": "valid"} if checkpoint.layout == "keras_applications"
+                    else stem_of(self))
+        if stem_of(self) != expected:
+            raise ValueError(
+                f"{path!r} was trained with a stem padding conv1 {expected['conv1']!r} and pool1 "
+                f"{expected['pool1']!r}; this model pads them {stem_of(self)['conv1']!r} and "
+                f"{stem_of(self)['pool1']!r}, so its outputs would differ. Build it with the file: "
+                "keras_resnet.models.ResNet50(inputs, weights=path). Nothing was loaded.")
+        converters.load(self, checkpoint)
+
+
+def stem_of(model: keras.Model) -> dict[str, str]:
+    """The padding of the stem's conv1 and pool1 as `converters.Checkpoint.stem` names it."""
+    names = {layer.name: layer for layer in model.layers}
+    conv_same = "conv1_conv" in names and names["conv1_conv"].padding == "same"
+    pool_same = "pool1_pool" in names and names["pool1_pool"].padding == "same"
+    return {"conv1": "same" if conv_same else "valid", "pool1": "same" if pool_same else "valid"}
 
 
 def ResNet(inputs: keras.KerasTensor, blocks, block: str = "bottleneck", include_top: bool = True,
@@ -36,13 +81,16 @@ def ResNet(inputs: keras.KerasTensor, blocks, block: str = "bottleneck", include
     depth = 2 + sum(blocks) * (2 if block == "basic" else 3)
     model = build_from_spec(spec, num_classes=classes, input_tensor=inputs, include_top=include_top,
                             pyramid_outputs=not include_top, name=name or f"resnet{depth}", **kwargs)
+    layout = checkpoint.layout if checkpoint is not None else None
+    if layout != "keras_applications":  # keras.applications' stem is build()'s
+        model = _keras_resnet_stem(model, inputs, checkpoint.stem if layout == "keras_resnet" else OLD_STEM,
+                                   checkpoint.path if layout else "")
     if checkpoint is not None:
-        if checkpoint.layout == "keras_resnet":
-            model = _keras_resnet_stem(model, inputs, checkpoint)
         converters.load(model, checkpoint)
+    outputs = model.output
     if not include_top:
-        features = model.output
-        model = keras.Model(inputs, [features[k] for k in sorted(features)], name=model.name)
+        outputs = [outputs[k] for k in sorted(outputs)]
+    model = ResNetModel(inputs, outputs, name=model.name)
     if freeze_bn:
         for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -50,13 +98,13 @@ def ResNet(inputs: keras.KerasTensor, blocks, block: str = "bottleneck", include
     return model
 
 
-def _keras_resnet_stem(model: keras.Model, inputs, checkpoint: converters.Checkpoint) -> keras.Model:
+def _keras_resnet_stem(model: keras.Model, inputs, stem: dict[str, str], path: str) -> keras.Model:
     """`model` with keras-resnet's stem: TensorFlow "same" padding in pool1 (and in conv1
-    from 0.2 on), which pads one pixel less before than after on even sizes."""
-    if checkpoint.stem["pool1"] != "same":
-        raise ValueError(f"{checkpoint.path!r}: its pool1 pads {checkpoint.stem['pool1']!r}; keras-resnet's "
+    when `stem` says so), which pads one pixel less before than after on even sizes."""
+    if stem["pool1"] != "same":
+        raise ValueError(f"{path!r}: its pool1 pads {stem['pool1']!r}; keras-resnet's "
                          "stem, the one this loader rebuilds, pads 'same'.")
-    same_conv = checkpoint.stem["conv1"] == "same"
+    same_conv = stem["conv1"] == "same"
 
     def swap(layer):
         if layer.name == "pool1_pad" or (same_conv and layer.name == "conv1_pad"):

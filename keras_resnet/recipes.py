@@ -39,23 +39,28 @@ def _model_defaults() -> dict:
 
 
 DEFAULTS: dict[str, dict] = {
-    "recipe": {"name": "", "description": ""},
+    "recipe": {"name": "", "description": "", "picked": ""},
     "model": _model_defaults(),
     "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0], "classes": [],
-             "eval_crop_fraction": 0.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0},
+             "eval_crop_fraction": -1.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0},
     "augment": dict(augment.DEFAULTS),
     "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "reference_batch": 128,
               "momentum": 0.9, "nesterov": False, "schedule": "onecycle",
               "warmup_epochs": 0.0, "boundaries": [], "factor": 0.1, "pct_start": 0.25, "final_div": 100.0,
               "label_smoothing": 0.0, "precision": "auto", "jit_compile": "auto", "ema": False,
               "ema_momentum": 0.999, "seed": 0, "deterministic": False, "validate_every": 1,
-              "steps_per_execution": 1, "head_epochs": 0, "backbone_lr_scale": 1.0,
-              "freeze_bn": False, "sync_bn": False},
+              "steps_per_execution": 1, "head_steps": 0, "head_lr": 0.1, "backbone_lr_scale": 1.0,
+              "bn_mode": "train", "pick_from_data": False, "sync_bn": False},
 }
 
 # Fields that moved to another section; old recipes, overrides and run folders still read.
 MOVED = {("train", "weight_decay"): "model", ("train", "bn_weight_decay"): "model",
          ("model", "freeze_bn"): "train", ("model", "sync_bn"): "train"}
+
+# Fields that were replaced: the TOML value -> the fields of today, or an error's advice.
+RENAMED = {("train", "freeze_bn"): lambda v: {"bn_mode": "frozen" if v else "train"}}
+RETIRED = {("train", "head_epochs"): "the head phase is measured in steps now: set train.head_steps "
+                                     "(e.g. 2 x images / batch size)"}
 
 # Plain `train()` / CLI flags and the field each sets.
 FLAG_FIELDS = {
@@ -69,7 +74,7 @@ FLAG_FIELDS = {
 
 # Allowed values of numeric fields: (test, what the error says it must be).
 RANGES = {
-    "epochs": (lambda v: v >= 1, "at least 1"),
+    "epochs": (lambda v: v >= 0, "at least 1 (0: the head phase alone, a linear probe)"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "reference_batch": (lambda v: v >= 1, "at least 1"),
     "steps_per_execution": (lambda v: v >= 1, "at least 1"),
@@ -82,7 +87,8 @@ RANGES = {
     "weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
     "bn_weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
     "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eval_crop_fraction": (lambda v: 0 <= v <= 1, "in (0, 1], or 0 for no crop"),
+    "eval_crop_fraction": (lambda v: v == -1 or 0 <= v <= 1,
+                           "in (0, 1], 0 for no crop, or -1 for the weight record's crop"),
     "max_train_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
     "max_eval_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
     "validate_every": (lambda v: v >= 0, ">= 0 (0: never)"),
@@ -91,7 +97,8 @@ RANGES = {
     "final_div": (lambda v: v > 0, "> 0"),
     "factor": (lambda v: v > 0, "> 0"),
     "pad_crop": (lambda v: v >= 0, ">= 0"),
-    "head_epochs": (lambda v: v >= 0, ">= 0 (0: no head-only phase)"),
+    "head_steps": (lambda v: v >= 0, ">= 0 (0: no head-only phase)"),
+    "head_lr": (lambda v: v > 0, "> 0"),
     "backbone_lr_scale": (lambda v: v > 0, "> 0"),
     "classes": (lambda v: all(isinstance(c, str) and c for c in v), "a list of class names"),
     "erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
@@ -140,6 +147,8 @@ def merge(base: dict, overrides: dict, origin: str) -> dict:
         if section not in DEFAULTS or not isinstance(fields, dict):
             raise RecipeError(f"{origin}: unknown section [{section}]; valid: {sorted(DEFAULTS)}.")
         for key, value in fields.items():
+            if (section, key) in RETIRED:
+                raise RecipeError(f"{origin}: {section}.{key} is gone: {RETIRED[section, key]}.")
             if key not in DEFAULTS[section]:
                 raise RecipeError(f"{origin}: unknown field {section}.{key}; valid fields of "
                                   f"[{section}]: {sorted(DEFAULTS[section])}.")
@@ -188,7 +197,20 @@ def upgrade(config: dict) -> dict:
     for (section, key), target in MOVED.items():
         if isinstance(out.get(section), dict) and key in out[section]:
             out.setdefault(target, {})[key] = out[section].pop(key)
+    for (section, key), convert in RENAMED.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section].update(convert(out[section].pop(key)))
+    if isinstance(out.get("train"), dict) and out["train"].get("head_epochs") == 0:
+        del out["train"]["head_epochs"]  # no head phase, as head_steps = 0 says today
     return out
+
+
+def upgrade_saved(config: dict) -> dict:
+    """A saved config.json in today's form: `upgrade`, then fields added since it was
+    written at their defaults (which is what the run used)."""
+    out = upgrade(config)
+    return {section: {**DEFAULTS[section], **fields} if section in DEFAULTS and isinstance(fields, dict)
+            else fields for section, fields in out.items()}
 
 
 def build_kwargs(config: dict) -> dict:
@@ -201,8 +223,11 @@ def build_kwargs(config: dict) -> dict:
 def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -> dict:
     """Defaults <- recipe <- flags (`FLAG_FIELDS`) <- `section.field=value` overrides.
 
-    Without a recipe, the recipe that fits the data is used: `cifar10-fast` for images of
-    at most 64 pixels a side, else `imagenet-resnet50`; its schedule spans the --epochs given.
+    Without a recipe, the recipe that fits the data is used: `finetune` with --weights,
+    else `cifar10-fast` for images of at most 64 pixels a side, else `imagenet-resnet50`; its
+    schedule spans the --epochs given. A recipe with `train.pick_from_data` (`finetune`) takes
+    the values `finetune.pick` chooses for the data between the recipe and the flags and
+    overrides, which win; `recipe.picked` records the choice.
     """
     unknown = set(flags) - set(FLAG_FIELDS)
     if unknown:
@@ -210,19 +235,49 @@ def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -
     layers = [{FLAG_FIELDS[k][0]: {FLAG_FIELDS[k][1]: v}} for k, v in flags.items() if v is not None]
     layers += [parse_override(o) for o in overrides]
 
-    def assemble(name):
+    def assemble(name, picked=None):
         config = load(name)
-        for layer in layers:
+        for layer in ([picked] if picked else []) + layers:
             config = merge(config, layer, "override")
         return config
 
-    if recipe:
-        return check(assemble(recipe))
     from keras_resnet import data  # reads an image header, no TensorFlow runtime
 
-    config = assemble(None)
-    side = data.peek_image_side(config["data"]["name"], config["data"]["data_dir"] or None)
-    return check(assemble("cifar10-fast" if side <= data.MEMORY_MAX_SIDE else "imagenet-resnet50"))
+    if not recipe:
+        config = assemble(None)
+        if config["model"]["weights"]:
+            recipe = "finetune"
+        else:
+            side = data.peek_image_side(config["data"]["name"], config["data"]["data_dir"] or None)
+            recipe = "cifar10-fast" if side <= data.MEMORY_MAX_SIDE else "imagenet-resnet50"
+    config = assemble(recipe)
+    if config["train"]["pick_from_data"]:
+        picked = _picked(config)
+        config = assemble(recipe, picked)
+        t = config["train"]
+        if t["warmup_epochs"] == picked["train"]["warmup_epochs"]:  # the rule, on the epochs run
+            t["warmup_epochs"] = picked["train"]["warmup_epochs"] = min(2.0, 0.1 * t["epochs"])
+        kept = [f"{s}.{k}={config[s][k]!r}" for s, fields in picked.items() if s != "recipe"
+                for k, v in fields.items() if config[s][k] != v]
+        if kept:
+            config["recipe"]["picked"] += f"; overridden: {', '.join(kept)}"
+    return check(config)
+
+
+def _picked(config: dict) -> dict:
+    """What `finetune.pick` chooses for the data `config` names, as an override layer."""
+    from keras_resnet import data, finetune
+
+    d, m = config["data"], config["model"]
+    if not m["weights"]:
+        check(config)  # refuses a fine-tuning recipe without weights, before the data is read
+    num_train = data.count_train(d["name"], d["data_dir"] or None, d["classes"] or None,
+                                 d["max_train_samples"] or None)
+    record = registry.WEIGHTS.get(m["weights"])
+    side = (max(d["image_size"]) if all(d["image_size"]) else record.eval_size if record else
+            data.peek_image_side(d["name"], d["data_dir"] or None))
+    picked, why = finetune.pick(num_train, side, config["train"]["batch_size"])
+    return {**picked, "recipe": {"picked": why}}
 
 
 def check(config: dict) -> dict:
@@ -242,17 +297,27 @@ def check(config: dict) -> dict:
             raise RecipeError(f"train.{key} must be one of {', '.join(allowed)}; got {t[key]!r}.")
     if t["jit_compile"] not in ("auto", True, False):
         raise RecipeError(f"train.jit_compile must be 'auto', true or false, got {t['jit_compile']!r}.")
-    if t["head_epochs"] and not m["weights"]:
-        raise RecipeError("train.head_epochs trains a new head on pretrained weights: give "
-                          "--weights (model.weights), or set train.head_epochs=0.")
+    from keras_resnet.finetune import BN_MODES
+
+    if t["bn_mode"] not in BN_MODES:
+        raise RecipeError(f"train.bn_mode must be one of {', '.join(BN_MODES)}; got {t['bn_mode']!r}.")
+    if t["epochs"] == 0 and not (m["weights"] and t["head_steps"]):
+        raise RecipeError("train.epochs must be at least 1; 0 (a linear probe: the head phase alone) "
+                          "needs --weights and train.head_steps.")
+    if t["pick_from_data"] and not m["weights"]:
+        raise RecipeError(f"The {config['recipe']['name'] or 'fine-tuning'} recipe fine-tunes pretrained "
+                          "weights: give --weights (a .keras model, a weight tag or a file), or train "
+                          "from scratch with another recipe.")
+    if t["head_steps"] and not m["weights"]:
+        raise RecipeError("train.head_steps trains a new head on pretrained weights: give "
+                          "--weights (model.weights), or set train.head_steps=0.")
     record = registry.WEIGHTS.get(m["weights"])
-    if record is not None:  # a published weight: its model, resolution and eval crop
-        d = config["data"]
+    d = config["data"]
+    if record is not None:  # a published weight: its model, and the size its eval crop is for
         if not all(d["image_size"]):
-            d["image_size"] = [record.train_size, record.train_size]
-        if not d["eval_crop_fraction"]:
+            d["image_size"] = [record.eval_size, record.eval_size]
+        if d["eval_crop_fraction"] == -1:
             d["eval_crop_fraction"] = record.crop_pct
-    if m["weights"] and t["head_epochs"] >= t["epochs"]:
-        raise RecipeError(f"train.head_epochs ({t['head_epochs']}) must be below train.epochs "
-                          f"({t['epochs']}): the rest fine-tunes the whole network.")
+    if d["eval_crop_fraction"] == -1:  # "the record's": none without one
+        d["eval_crop_fraction"] = 0.0
     return config

@@ -46,7 +46,7 @@ def read_config(folder: Path) -> dict | None:
         raise RunError(f"--output {folder} is not empty and is not a keras-resnet run folder (it has "
                        "no keras-resnet config.json); nothing in it was changed. Choose a new or "
                        "empty folder.")
-    return recipes.upgrade(saved)
+    return recipes.upgrade_saved(saved)
 
 
 def read_metrics(folder: Path) -> dict:
@@ -132,19 +132,20 @@ def state(folder: Path) -> str:
 class Recorder(keras.callbacks.Callback):
     """Rewrites metrics.json and history.csv after every epoch: one continuous history."""
 
-    def __init__(self, folder: Path, initial_epoch: int, schedule, extra: dict,
+    def __init__(self, folder: Path, initial_epoch: int, extra: dict,
                  history_from: Path | None = None):
         """`history_from`: the run folder whose first `initial_epoch` epochs continue
-        (default: `folder`; a non-chief worker reads the chief's)."""
+        (default: `folder`; a non-chief worker reads the chief's). The lr recorded is the
+        optimizer's at the end of each epoch (each phase has its own schedule)."""
         super().__init__()
-        self.folder, self.schedule, self.extra = folder, schedule, extra
+        self.folder, self.extra = folder, extra
         previous = read_metrics(history_from or folder)
         self.history = {k: v[:initial_epoch] for k, v in previous.get("history", {}).items()}
         self.epochs_completed = initial_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        logs["lr"] = float(keras.ops.convert_to_numpy(self.schedule(self.model.optimizer.iterations)))
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         for key in set(self.history) | set(logs):
             values = self.history.setdefault(key, [None] * self.epochs_completed)
             values.append(None if logs.get(key) is None else float(logs[key]))

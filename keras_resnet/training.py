@@ -71,21 +71,27 @@ def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
 
 def compile_model(model: keras.Model, config: dict, steps_per_epoch: int,
                   phase: finetune.Phase | None = None) -> keras.optimizers.schedules.LearningRateSchedule:
-    """SGD + the recipe's schedule, label-smoothed cross-entropy, top-1/top-5; returns the schedule.
+    """SGD + the phase's schedule, label-smoothed cross-entropy, top-1/top-5; returns the schedule.
 
-    `phase`: the fine-tuning phase to set up (layers frozen as it asks, the backbone's steps
-    scaled by `train.backbone_lr_scale` in the "all" phase); default: the run's first.
+    `phase`: the phase to set up (default: the run's first). Each phase has a schedule of its
+    own over its own steps, counted from 0: the head phase a cosine from `train.head_lr`, the
+    "all" phase the recipe's schedule (the backbone's steps scaled by `train.backbone_lr_scale`
+    when fine-tuning). Layers are frozen as the phase and `train.bn_mode` ask.
     """
     t = config["train"]
-    phase = phase or finetune.phases(config)[0]
-    finetune.set_trainable(model, phase, t["freeze_bn"])
-    scaled = (finetune.backbone_variables(model)
-              if config["model"]["weights"] and t["backbone_lr_scale"] != 1.0 else [])
-    lr = schedules.scale_lr(t["lr"], t["batch_size"], t["reference_batch"])
-    schedule = schedules.make_schedule(
-        t["schedule"], lr=lr, steps_per_epoch=steps_per_epoch, epochs=t["epochs"],
-        warmup_epochs=t["warmup_epochs"], boundaries=t["boundaries"], factor=t["factor"],
-        pct_start=t["pct_start"], final_div=t["final_div"])
+    phase = phase or finetune.phases(config, steps_per_epoch)[0]
+    finetune.set_trainable(model, phase, t["bn_mode"])
+    scaled = (finetune.backbone_variables(model) if config["model"]["weights"] and phase.name == "all"
+              and t["backbone_lr_scale"] != 1.0 else [])
+    if phase.name == "head":
+        schedule = schedules.WarmupCosine(
+            schedules.scale_lr(t["head_lr"], t["batch_size"], t["reference_batch"]), phase.steps)
+    else:
+        schedule = schedules.make_schedule(
+            t["schedule"], lr=schedules.scale_lr(t["lr"], t["batch_size"], t["reference_batch"]),
+            steps_per_epoch=phase.steps, epochs=phase.end - phase.start,
+            warmup_epochs=t["warmup_epochs"], boundaries=t["boundaries"], factor=t["factor"],
+            pct_start=t["pct_start"], final_div=t["final_div"])
     optimizer = schedules.ScaledSGD(schedule, momentum=t["momentum"], nesterov=t["nesterov"],
                                     use_ema=t["ema"], ema_momentum=t["ema_momentum"],
                                     scaled_paths=[v.path for v in scaled],
@@ -140,6 +146,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     max_eval_samples, seed, precision, lr.
     """
     config = recipes.resolve(recipe, overrides, **flags)
+    if config["recipe"]["picked"]:
+        log(config["recipe"]["picked"])
     strat = distribute.make_strategy(strategy, tpu)
     distribute.check_batch(config["train"]["batch_size"], strat)
     if distribute.is_multi_worker(strat):
@@ -152,7 +160,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
         state = "complete" if runs.read_metrics(run_folder).get("status") == "complete" else "resume"
     distribute.agree(strat, int(state == "complete"), "whether the run is complete")
     if state == "complete":
-        log(f"Run in {run_folder} is already complete ({config['train']['epochs']} epochs); nothing to do.")
+        done = runs.read_metrics(run_folder).get("epochs_completed")
+        log(f"Run in {run_folder} is already complete ({done} epochs); nothing to do.")
         return runs.read_metrics(run_folder)
     if not chief:  # its own scratch folder; a killed worker's is removed by the next one
         report.remove_dead_temporaries(tempfile.gettempdir(), WORKER_PREFIX)
@@ -192,29 +201,30 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
 
     if distributed and t["jit_compile"] == "auto":  # XLA under strategies: not verified, off
         config = {**config, "train": {**t, "jit_compile": False}}
-    model, schedule, precision = build_compiled(
+    model, _, precision = build_compiled(
         config, num_classes=splits.num_classes, image_size=image_size,
         normalization=(splits.mean, splits.std), steps_per_epoch=steps_per_epoch)
     if t["sync_bn"]:
         distribute.synchronize_batch_norm(model)
-    plan = finetune.phases(config)
+    plan = finetune.phases(config, steps_per_epoch)
+    total_epochs = plan[-1].end
     phase = plan[0]
 
     def enter(next_phase: finetune.Phase) -> None:
-        """Freeze/unfreeze for `next_phase` and compile its optimizer; a new phase's step
-        count continues the run's, so the schedule goes on where it was."""
+        """Freeze/unfreeze for `next_phase` and compile its optimizer and schedule, whose
+        steps count from 0 (a resume then loads the checkpoint's count)."""
         nonlocal phase
         phase = next_phase
         if next_phase is not plan[0]:  # `build_compiled` set up the first; every worker agrees
             compile_model(model, config, steps_per_epoch, next_phase)
         model.optimizer.build(model.trainable_variables)  # every worker creates the same variables
-        model.optimizer.iterations.assign(next_phase.start * steps_per_epoch)
+        model.optimizer.iterations.assign(0)
 
     initial_epoch = 0
     if state == "resume":
         # A checkpoint holds the optimizer of the phase that wrote it: set that phase up first.
-        found = runs.checkpoints(run_folder / "checkpoints")
-        written = runs.checkpoint_epoch(found[0]) if found else 0
+        found = [p for p in runs.checkpoints(run_folder / "checkpoints") if not runs.damaged(p)]
+        written = runs.checkpoint_epoch(found[0]) if found else 0  # the one `restore_latest` loads
         enter(finetune.phase_of(plan, max(written - 1, 0)))
         initial_epoch = runs.restore_latest(model, run_folder / "checkpoints", log, clean=chief)
     else:
@@ -224,7 +234,7 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         log(f"Resuming from epoch {initial_epoch + 1}")
     log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
         f"{distribute.describe(strat)}) on {splits.num_train} images of {splits.source}, "
-        f"{splits.num_classes} classes, epochs {initial_epoch + 1}-{t['epochs']}, "
+        f"{splits.num_classes} classes, epochs {initial_epoch + 1}-{total_epochs}, "
         f"{steps_per_epoch} steps each.")
 
     fixed = splits.image_size == image_size
@@ -235,7 +245,7 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         splits.test.map(_one_hot(splits.num_classes)), batch_size=t["batch_size"],
         image_size=image_size, fixed_size=fixed, crop_fraction=d["eval_crop_fraction"] or None)
 
-    recorder = runs.Recorder(folder, initial_epoch, schedule,
+    recorder = runs.Recorder(folder, initial_epoch,
                            {"class_names": splits.class_names, "data": splits.source,
                             "precision": precision, "num_train": splits.num_train,
                             "num_test": splits.num_test, "strategy": distribute.describe(strat)},
@@ -244,10 +254,11 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
                  runs.CrashSafeCheckpoint(folder / "checkpoints"),
                  keras.callbacks.TensorBoard(str(folder / "logs"))]
 
-    def training_batches(first_epoch: int) -> tf.data.Dataset:
+    def training_batches(first_epoch: int, end_epoch: int = t["epochs"]) -> tf.data.Dataset:
+        """Passes `first_epoch..end_epoch-1` over the data (the "all" phase's epoch numbers)."""
         return data_lib.train_pipeline(
             splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
-            batch_size=t["batch_size"], epochs=t["epochs"], initial_epoch=first_epoch,
+            batch_size=t["batch_size"], epochs=end_epoch, initial_epoch=first_epoch,
             seed=t["seed"], image_size=image_size, fixed_size=fixed, augment=augmenter,
             random_resized_crop=config["augment"]["random_resized_crop"])
 
@@ -262,10 +273,19 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         if next_phase is not phase:
             enter(next_phase)
         first = max(initial_epoch, next_phase.start)
-        if len(plan) > 1:
-            log(f"Phase {next_phase.name!r}: epochs {first + 1}-{next_phase.end}.")
-        model.fit(training_batches(first), epochs=next_phase.end, initial_epoch=first,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False,
+        if next_phase.name == "head":
+            log(f"Phase 'head': {next_phase.steps} steps of the new head alone.")
+            batches = training_batches(0, math.ceil(next_phase.steps / steps_per_epoch))
+        else:
+            if len(plan) > 1:
+                log(f"Phase 'all': epochs {first + 1}-{next_phase.end}.")
+            if t["bn_mode"] == "frozen_stats" and first == next_phase.start:
+                count = recalibrate_batch_norm(model, training_batches(0, 1).take(BN_RECALIBRATION_BATCHES))
+                log(f"Re-estimated the BN statistics on {count} batches of the training images "
+                    "(bn_mode frozen_stats).")
+            batches = training_batches(first - next_phase.start)
+        model.fit(batches, epochs=next_phase.end, initial_epoch=first,
+                  steps_per_epoch=next_phase.steps, callbacks=callbacks, verbose=verbose, shuffle=False,
                   validation_data=eval_ds if t["validate_every"] else None,
                   validation_freq=max(t["validate_every"], 1))
     losses = recorder.history.get("loss", [])
@@ -276,8 +296,8 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     if bad is not None:
         stopped = (f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
                    "Lower train.lr or check the data.")
-    elif recorder.epochs_completed < t["epochs"]:
-        stopped = (f"Training stopped after epoch {recorder.epochs_completed} of {t['epochs']}: "
+    elif recorder.epochs_completed < total_epochs:
+        stopped = (f"Training stopped after epoch {recorder.epochs_completed} of {total_epochs}: "
                    f"the input ran out of data (unreadable images dropped?); {kept}.")
     if stopped:
         recorder.write(status="failed", error=stopped)
@@ -286,7 +306,9 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     if t["ema"]:
         # `fit` swaps the averages in when it ends; a run resumed after its last epoch skips `fit`.
         model.optimizer.finalize_variable_values(model.trainable_variables)
-        bn_batches = training_batches(t["epochs"] - 1).take(BN_RECALIBRATION_BATCHES)
+        if t["bn_mode"] == "train" and t["epochs"]:  # frozen statistics, or a probe's, stay as they are
+            bn_batches = training_batches(max(t["epochs"] - 1, 0), max(t["epochs"], 1)).take(
+                BN_RECALIBRATION_BATCHES)
     return dict(config=config, model=model, recorder=recorder, splits=splits, image_size=image_size,
                 eval_ds=eval_ds, bn_batches=bn_batches, train_seconds=time.time() - started)
 
@@ -311,9 +333,8 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: runs.Recor
             train_seconds: float, log: Callable[[str], None]) -> dict:
     """BN statistics for averaged weights, final evaluation, model.keras (float32 whatever
     the training precision), plots."""
-    final = build_model(config, num_classes=splits.num_classes, image_size=image_size,
-                        normalization=(splits.mean, splits.std))
-    finetune.copy_weights(model, final, skip=())  # by path: frozen layers reorder get_weights()
+    finetune.unfreeze_for_saving(model)
+    final = finetune.recast(model, "float32")  # the trained model itself, computing in float32
     if bn_batches is not None:
         count = recalibrate_batch_norm(final, bn_batches)
         log(f"Re-estimated the BN statistics of the averaged (EMA) weights on {count} training batches.")
@@ -346,18 +367,21 @@ def recalibrate_batch_norm(model: keras.Model, batches: tf.data.Dataset) -> int:
     bns = [layer for layer in model._flatten_layers()
            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     momenta = [bn.momentum for bn in bns]
+    frozen_statistics = [getattr(bn, "frozen_statistics", False) for bn in bns]
     for bn in bns:
         bn.moving_mean.assign(keras.ops.zeros_like(bn.moving_mean))
         bn.moving_variance.assign(keras.ops.ones_like(bn.moving_variance))
     count = 0
     try:
+        for bn in bns:
+            bn.frozen_statistics = False
         for count, (images, _) in enumerate(batches, 1):
             for bn in bns:  # weight 1/count for this batch: a running plain mean
                 bn.momentum = 1.0 - 1.0 / count
             model(images, training=True)
     finally:
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
+        for bn, momentum, frozen in zip(bns, momenta, frozen_statistics):
+            bn.momentum, bn.frozen_statistics = momentum, frozen
     return count
 
 

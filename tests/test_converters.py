@@ -330,7 +330,7 @@ def test_unknown_names_and_tags_list_the_known_ones():
 
 def test_finetune_job_on_a_published_tag(reference, tmp_path):
     """`train --recipe finetune --weights resnet18.a1_in1k`: the tag names the model, its
-    record the input normalization; frozen BN keeps the file's statistics to the end."""
+    record the input normalization; with bn_mode frozen, BN keeps the file's statistics to the end."""
     folder, _, _, _ = reference
     mirror = tmp_path / "mirror"
     mirror.mkdir()
@@ -341,7 +341,7 @@ def test_finetune_job_on_a_published_tag(reference, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "keras_resnet.cli", "train", "--recipe", "finetune", "--weights",
          "resnet18.a1_in1k", "--data", str(data), "--epochs", "2", "--batch-size", "8",
-         "--precision", "float32", "--set", "train.head_epochs=1", "--set", "data.image_size=[64, 64]",
+         "--precision", "float32", "--set", "train.head_steps=1", "--set", "train.bn_mode='frozen'", "--set", "data.image_size=[64, 64]",
          "--output", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((tmp_path / "run" / "config.json").read_text())

@@ -65,7 +65,7 @@ def test_finetune_job_from_a_keras_applications_file(tmp_path):
     with h5py.File(weights, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, reference)
     result = run_example("examples/finetune.py", str(CIFAR_DIR), "--weights", str(weights),
-                         "--size", "64", "--epochs", "2", "--head-epochs", "1", "--max-train-samples", "100",
+                         "--size", "64", "--epochs", "2", "--head-steps", "2", "--max-train-samples", "100",
                          "--output", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout

@@ -68,8 +68,12 @@ def test_fields_that_moved_section_still_read():
     """Recipes, overrides and run folders written before weight decay moved to [model] and
     freeze_bn/sync_bn to [train] keep working, and say where the field is now."""
     config = recipes.resolve("cifar10-fast", ["train.weight_decay=3e-4", "model.freeze_bn=true"])
-    assert config["model"]["weight_decay"] == 3e-4 and config["train"]["freeze_bn"] is True
+    assert config["model"]["weight_decay"] == 3e-4 and config["train"]["bn_mode"] == "frozen"
     assert "weight_decay" not in config["train"] and "freeze_bn" not in config["model"]
+    assert recipes.resolve("cifar10-fast", ["train.freeze_bn=false"])["train"]["bn_mode"] == "train"
+    with pytest.raises(recipes.RecipeError, match=r"train.head_epochs is gone: the head phase is measured "
+                                                  r"in steps now: set train.head_steps"):
+        recipes.resolve("cifar10-fast", ["train.head_epochs=2"])
     old = recipes.load("cifar10-fast")
     old["train"]["bn_weight_decay"] = old["model"].pop("bn_weight_decay")
     old["model"]["sync_bn"] = old["train"].pop("sync_bn")
@@ -81,6 +85,23 @@ def test_fields_that_moved_section_still_read():
 def test_without_recipe_the_data_picks_it():
     config = recipes.resolve(None, data=str(CIFAR_DIR), epochs=5)
     assert config["recipe"]["name"] == "cifar10-fast" and config["train"]["epochs"] == 5
+    assert recipes.resolve(None, data=str(CIFAR_DIR), weights="m.keras")["recipe"]["name"] == "finetune"
+
+
+def test_a_weight_records_crop_is_applied_at_its_eval_size_and_zero_means_no_crop():
+    """`data.eval_crop_fraction = 0` used to be replaced by the record's crop, and that crop,
+    defined at the record's eval size, applied at its train size."""
+    from keras_resnet import registry
+
+    record = registry.get_weights("resnet50.tv2_in1k")
+    assert record.train_size != record.eval_size
+    tag = dict(weights=record.name, data=str(CIFAR_DIR))
+    config = recipes.resolve("finetune", **tag)
+    assert config["data"]["image_size"] == [record.eval_size] * 2
+    assert config["data"]["eval_crop_fraction"] == record.crop_pct
+    config = recipes.resolve("finetune", ["data.eval_crop_fraction=0"], **tag)
+    assert config["data"]["eval_crop_fraction"] == 0.0
+    assert recipes.resolve("cifar10-fast")["data"]["eval_crop_fraction"] == 0.0  # -1 without a record: none
 
 
 @pytest.mark.parametrize("call, match", [

@@ -91,8 +91,8 @@ def test_image_size_is_read_from_the_header_without_tensorflow(tmp_path):
 # 3. --epochs -1 / 0 ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--epochs", "-1", "train.epochs must be at least 1, got -1"),
-    ("--epochs", "0", "train.epochs must be at least 1, got 0"),
+    ("--epochs", "-1", "train.epochs must be at least 1 (0: the head phase alone, a linear probe), got -1"),
+    ("--epochs", "0", "train.epochs must be at least 1; 0 (a linear probe: the head phase alone) needs --weights"),
     ("--batch-size", "0", "train.batch_size must be at least 1"),
     ("--lr", "-0.1", "train.lr must be > 0"),
     ("--max-train-samples", "-5", "data.max_train_samples must be >= 0"),

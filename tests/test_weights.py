@@ -304,3 +304,57 @@ def test_h5_file_of_another_layout_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"holds no ResNet layout this package reads: expected keras\.applications "
                                          r"layer names \(conv1_conv, \.\.\.\) or keras-resnet ones"):
         kr.build(50, weights=str(path))
+
+
+@pytest.mark.parametrize("arch, message", [
+    (dict(se_ratio=1 / 16), r"does not fit this model: it has nothing for 64 of the model's 329 variables "
+                            r"\(conv2_block1/se/reduce/kernel"),
+    (dict(shortcut="avgpool"), r"holds keras\.applications weights with strided 1x1 projection shortcuts, but "
+                               r"conv2_block1 pools before its projection \(shortcut='avgpool'\)"),
+])
+def test_legacy_file_into_another_architecture_with_agreeing_shapes_is_refused(reference_files, arch, message):
+    """A v1 file used to cover 265 of an SE model's 329 variables (the SE ones left random),
+    and to load whole into an average-pooled-shortcut model."""
+    _, path = reference_files["v1", False]
+    model = kr.build(50, variant="v1", include_top=False, input_shape=SIZE, **arch)
+    before = _snapshot(model)
+    for load in (weights_lib.load_weights, lambda m, p: kr.converters.load(m, kr.converters.read(p))):
+        with pytest.raises(ValueError, match=message):
+            load(model, path)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(model)))
+
+
+def test_old_code_loads_the_old_file_with_keras_load_weights_by_name(tmp_path, cifar_images):
+    """keras-retinanet's way: `ResNet50(inputs).load_weights(path, by_name=True)`. Keras's own
+    by-name loader matches the old layer names, which ours are not: it assigned 0 of 265
+    weights and said nothing. The old API's models convert the file exactly, or refuse."""
+    reference = _keras_resnet_reference([3, 4, 6, 3], [False] * 4, False, False, True, seed=3)
+    path = tmp_path / "ResNet-50-model.keras.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    x = keras.ops.convert_to_numpy(kr.preprocess_input(np.resize(cifar_images, (4, *SIZE)), "caffe"))
+    ours = kr.models.ResNet50(keras.Input(SIZE), classifier_activation=None)
+    assert isinstance(ours, kr.models.ResNetModel)
+    expected = reference.predict(x, verbose=0)
+    assert _relative(expected, ours.predict(x, verbose=0)) > 0.1  # random before the load
+    ours.load_weights(str(path), by_name=True)
+    assert _relative(expected, ours.predict(x, verbose=0)) <= 1e-4
+
+    deeper = kr.models.ResNet101(keras.Input(SIZE))
+    before = _snapshot(deeper)
+    with pytest.raises(ValueError, match=r"at layer 'res4g_branch2a': the file has no such layer"):
+        deeper.load_weights(str(path), by_name=True, skip_mismatch=True)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(deeper)))
+
+    same_conv = _keras_resnet_reference([3, 4, 6, 3], [False] * 4, True, False, True, seed=4)
+    other = tmp_path / "conv1_same.h5"
+    with h5py.File(other, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, same_conv)
+    with pytest.raises(ValueError, match=r"trained with a stem padding conv1 'same' and pool1 'same'; this model "
+                                         r"pads them 'valid' and 'same'.*ResNet50\(inputs, weights=path\)"):
+        ours.load_weights(str(other), by_name=True)
+    saved = tmp_path / "old_api.keras"
+    ours.save(saved)
+    again = keras.models.load_model(saved)
+    assert isinstance(again, kr.models.ResNetModel)
+    assert _relative(expected, again.predict(x, verbose=0)) <= 1e-4
