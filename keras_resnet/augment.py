@@ -3,6 +3,13 @@
 Keras 3 core preprocessing layers do the work (they run inside `tf.data` on any backend);
 the CIFAR pad-and-crop is a per-image integer shift written here because Keras's
 `RandomCrop` draws one offset per batch. Extra layers (e.g. keras-cv's) can be appended.
+
+Every random draw comes from the batch's key (`position_key`: the run's seed, the epoch and
+the step), never from a stream that advances call by call: a run resumed at any step
+augments each batch exactly as the run that never stopped did, and parallel `map` calls
+cannot change it. Keras 3 random layers (extra ones too) get keyed seed generators; extra
+plain callables and layers with a generator of their own (keras-cv's) keep their own
+randomness.
 """
 
 from __future__ import annotations
@@ -26,21 +33,56 @@ DEFAULTS = {
 }
 
 
-def pad_crop(images: tf.Tensor, pad: int) -> tf.Tensor:
-    """Zero-pad `pad` pixels per side, then crop each image back at a random offset."""
+def position_key(seed: int, *parts) -> tf.Tensor:
+    """A stateless random key, shape [2]: `seed` folded with each of `parts` (integers or
+    scalar tensors, e.g. a stream number, the epoch and the step)."""
+    key = tf.constant([seed, 0], tf.int64)
+    for part in parts:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(part, tf.int64))
+    return key
+
+
+class _KeyedSeeds(keras.random.SeedGenerator):
+    """Seeds for a Keras random layer drawn from the key of the batch being augmented (set
+    in `holder` before each call), salted per layer and per draw."""
+
+    def __init__(self, holder: dict, salt: int):
+        super().__init__(seed=salt)
+        self._holder, self._salt = holder, salt
+
+    def next(self, ordered=True):
+        self._holder["draws"] += 1
+        return tf.random.experimental.stateless_fold_in(self._holder["key"],
+                                                        self._salt * 1_000_003 + self._holder["draws"])
+
+
+def _key_layers(layers: Sequence[Callable], holder: dict) -> None:
+    """Give every Keras random layer in `layers` (nested ones included) keyed seeds."""
+    salt = 0
+    for layer in layers:
+        for inner in layer._flatten_layers() if isinstance(layer, keras.layers.Layer) else ():
+            for attr in ("generator", "seed_generator"):
+                if isinstance(getattr(inner, attr, None), keras.random.SeedGenerator):
+                    salt += 1
+                    setattr(inner, attr, _KeyedSeeds(holder, salt))
+
+
+def pad_crop(images: tf.Tensor, pad: int, key: tf.Tensor) -> tf.Tensor:
+    """Zero-pad `pad` pixels per side, then crop each image back at an offset drawn from `key`."""
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    offsets = tf.random.uniform([batch, 2], 0, 2 * pad + 1, dtype=tf.int32)
+    offsets = tf.random.stateless_uniform([batch, 2], key, 0, 2 * pad + 1, dtype=tf.int32)
     rows = offsets[:, :1] + tf.range(height)[None, :]
     cols = offsets[:, 1:] + tf.range(width)[None, :]
     cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(cropped, cols, axis=2, batch_dims=1)
 
 
-def build_augmenter(fields: dict, *, seed: int = 0, extra_layers: Sequence[Callable] = ()
-                    ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
-    """A function (float images [0, 255], one-hot labels) -> same, applied per batch."""
+def build_augmenter(fields: dict, *, extra_layers: Sequence[Callable] = ()
+                    ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
+    """A function (float images [0, 255], one-hot labels, the batch's `position_key`) ->
+    (images, labels), applied per batch; None when every field is off."""
     unknown = set(fields) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"Unknown augment field(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}.")
@@ -50,32 +92,35 @@ def build_augmenter(fields: dict, *, seed: int = 0, extra_layers: Sequence[Calla
                          f"got {f['cutmix']!r}.")
     image_layers: list[Callable] = []
     if f["flip"]:
-        image_layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        image_layers.append(keras.layers.RandomFlip("horizontal"))
     if f["scale"]:
-        image_layers.append(keras.layers.RandomZoom(f["scale"], fill_mode="constant", seed=seed + 1))
+        image_layers.append(keras.layers.RandomZoom(f["scale"], fill_mode="constant"))
     if f["rotation"]:
-        image_layers.append(keras.layers.RandomRotation(f["rotation"] / 360.0, fill_mode="constant",
-                                                        seed=seed + 2))
+        image_layers.append(keras.layers.RandomRotation(f["rotation"] / 360.0, fill_mode="constant"))
     if f["randaugment"]:
-        image_layers.append(keras.layers.RandAugment(value_range=(0, 255), seed=seed + 3))
+        image_layers.append(keras.layers.RandAugment(value_range=(0, 255)))
     if f["erasing"]:
         # Keras's `factor=p` draws each image's probability from U(0, p) (a mean of p/2);
         # (p, p) makes `erasing` the probability itself.
         image_layers.append(keras.layers.RandomErasing(factor=(f["erasing"], f["erasing"]),
-                                                       value_range=(0, 255), seed=seed + 4))
+                                                       value_range=(0, 255)))
     image_layers += list(extra_layers)
     mixers = []
     if f["mixup"]:
-        mixers.append(keras.layers.MixUp(alpha=f["mixup"], seed=seed + 5))
+        mixers.append(keras.layers.MixUp(alpha=f["mixup"]))
     if f["cutmix"]:
-        mixers.append(keras.layers.CutMix(factor=f["cutmix"], seed=seed + 6))
+        mixers.append(keras.layers.CutMix(factor=f["cutmix"]))
     pad = int(f["pad_crop"])
     if not (pad or image_layers or mixers):
         return None
 
-    def augment(images, labels):
+    holder = {"key": None, "draws": 0}
+    _key_layers(image_layers + mixers, holder)
+
+    def augment(images, labels, key):
+        holder["key"], holder["draws"] = key, 0
         if pad:
-            images = pad_crop(images, pad)
+            images = pad_crop(images, pad, tf.random.experimental.stateless_fold_in(key, 0))
         for layer in image_layers:
             images = layer(images, training=True) if isinstance(layer, keras.layers.Layer) else layer(images)
         for mixer in mixers:

@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
                             "--batch-size is the global batch")
     train.add_argument("--tpu", help="TPU address or name for --strategy tpu (default: TPU_NAME / Colab's)")
 
+    runs = sub.add_parser("runs", help="where a training run stands: checkpoints, step, whether it can resume")
+    runs.add_argument("action", choices=("show",))
+    runs.add_argument("folder", help="the run folder (train's --output)")
+
     recipes = sub.add_parser("recipes", help="list the shipped recipes")
     recipes.add_argument("--show", metavar="NAME", help="print one recipe's full resolved configuration")
 
@@ -112,6 +116,15 @@ def _train(args) -> int:
     metrics = training.train(args.recipe, output=output, overrides=args.set, overwrite=args.overwrite,
                              strategy=args.strategy, tpu=args.tpu, **flags)
     print(dumps(runs.summary(output, metrics)))
+    return 0
+
+
+def _runs(args) -> int:
+    from pathlib import Path
+
+    from keras_resnet import runs
+
+    print(dumps(runs.where(Path(args.folder)), indent=2))
     return 0
 
 
@@ -184,7 +197,7 @@ def _weights(args) -> int:
     return 0
 
 
-COMMANDS = {"summary": _summary, "train": _train, "recipes": _recipes, "evaluate": _evaluate,
+COMMANDS = {"summary": _summary, "train": _train, "runs": _runs, "recipes": _recipes, "evaluate": _evaluate,
             "predict": _predict, "export": _export, "benchmark": _benchmark, "weights": _weights}
 
 

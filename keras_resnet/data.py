@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import layers
+from keras_resnet import augment as augment_lib, layers
 
 AUTOTUNE = tf.data.AUTOTUNE
 # ImageNet statistics on the [0, 255] scale, for data whose own statistics are not computed.
@@ -388,31 +388,37 @@ def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
 
 def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, epochs: int,
                    initial_epoch: int, seed: int, image_size: tuple[int, int],
-                   fixed_size: bool, augment=None, random_resized_crop: bool = False) -> tf.data.Dataset:
-    """Epochs `initial_epoch..epochs-1`, each shuffled with seed `seed + epoch` (so a resumed
-    run sees the same order), batched, augmented per batch, prefetched.
+                   fixed_size: bool, augment=None, random_resized_crop: bool = False,
+                   initial_step: int = 0) -> tf.data.Dataset:
+    """Epochs `initial_epoch..epochs-1` (the first from batch `initial_step`), each shuffled
+    with seed `seed + epoch`, batched, augmented per batch, prefetched.
 
-    One `flat_map` over the epoch numbers, not a chain of per-epoch copies: an in-memory
-    split is held once, whatever the number of epochs.
+    A batch's images and every random draw of its augmentation depend on (seed, epoch,
+    step) alone (`augment.position_key`), so a run resumed at any step sees what the run
+    that never stopped saw. One `flat_map` over the epoch numbers, not a chain of per-epoch
+    copies: an in-memory split is held once, whatever the number of epochs.
     """
     def one_epoch(epoch):
         # The order depends on the op-level seed alone. (With a graph-level seed of 0, as
         # `keras.utils.set_random_seed(0)` sets, TensorFlow cannot take a tensor op seed.)
         tf.compat.v1.get_default_graph().seed = None
         epoch_ds = ds.shuffle(min(num_examples, 50_000), seed=seed + epoch,
-                              reshuffle_each_iteration=False)
+                              reshuffle_each_iteration=False).enumerate()
+        epoch_ds = epoch_ds.skip(tf.where(epoch == initial_epoch, tf.cast(initial_step * batch_size, tf.int64),
+                                          tf.constant(0, tf.int64)))
         if random_resized_crop:
-            epoch_ds = epoch_ds.map(lambda x, y: (_random_resized_crop(x, image_size), y),
-                                    num_parallel_calls=AUTOTUNE)
+            epoch_ds = epoch_ds.map(lambda i, xy: (i, (_random_resized_crop(
+                xy[0], image_size, augment_lib.position_key(seed, 1, epoch, i)), xy[1])),
+                num_parallel_calls=AUTOTUNE)
         elif not fixed_size:
-            epoch_ds = epoch_ds.map(lambda x, y: (resize_eval(x, image_size, None), y),
+            epoch_ds = epoch_ds.map(lambda i, xy: (i, (resize_eval(xy[0], image_size, None), xy[1])),
                                     num_parallel_calls=AUTOTUNE)
-        return epoch_ds.batch(batch_size, drop_remainder=True)
+        return epoch_ds.batch(batch_size, drop_remainder=True).map(
+            lambda i, xy: (xy[0], xy[1], augment_lib.position_key(seed, 0, epoch, i[0] // batch_size)))
 
     batches = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
-    batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    if augment is not None:
-        batches = batches.map(augment, num_parallel_calls=AUTOTUNE)
+    augment = augment or (lambda x, y, key: (x, y))
+    batches = batches.map(lambda x, y, key: augment(tf.cast(x, tf.float32), y, key), num_parallel_calls=AUTOTUNE)
     return batches.prefetch(AUTOTUNE)
 
 
@@ -426,10 +432,10 @@ def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
-def _random_resized_crop(image, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """Inception-style crop (random area and aspect), resized to `size`."""
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0,
+def _random_resized_crop(image, size, key, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop (random area and aspect, drawn from `key`), resized to `size`."""
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=key, min_object_covered=0.0,
         aspect_ratio_range=ratio, area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(tf.cast(crop, tf.float32), size, antialias=True)

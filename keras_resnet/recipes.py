@@ -50,7 +50,8 @@ DEFAULTS: dict[str, dict] = {
               "label_smoothing": 0.0, "precision": "auto", "jit_compile": "auto", "ema": False,
               "ema_momentum": 0.999, "seed": 0, "deterministic": False, "validate_every": 1,
               "steps_per_execution": 1, "head_steps": 0, "head_lr": 0.1, "backbone_lr_scale": 1.0,
-              "bn_mode": "train", "pick_from_data": False, "sync_bn": False},
+              "bn_mode": "train", "pick_from_data": False, "sync_bn": False,
+              "checkpoint_every_steps": 0, "checkpoint_every_minutes": 5.0},
 }
 
 # Fields that moved to another section; old recipes, overrides and run folders still read.
@@ -98,6 +99,8 @@ RANGES = {
     "factor": (lambda v: v > 0, "> 0"),
     "pad_crop": (lambda v: v >= 0, ">= 0"),
     "head_steps": (lambda v: v >= 0, ">= 0 (0: no head-only phase)"),
+    "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: none by steps)"),
+    "checkpoint_every_minutes": (lambda v: v >= 0, ">= 0 (0: none by time)"),
     "head_lr": (lambda v: v > 0, "> 0"),
     "backbone_lr_scale": (lambda v: v > 0, "> 0"),
     "classes": (lambda v: all(isinstance(c, str) and c for c in v), "a list of class names"),

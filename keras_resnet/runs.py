@@ -2,8 +2,9 @@
 the CLI use.
 
 A run folder holds config.json (the full resolved recipe), metrics.json and history.csv
-(rewritten after every epoch), checkpoints/ (the last two epochs, each written to a
-temporary file and renamed), logs/ (TensorBoard), and at the end model.keras (the final
+(rewritten after every epoch), checkpoints/ (the newest two: at epoch ends and, inside an
+epoch, every `train.checkpoint_every_steps` steps or `train.checkpoint_every_minutes`
+minutes; each written to a temporary file, fsynced and renamed), logs/ (TensorBoard), and at the end model.keras (the final
 model, float32, taking RGB pixels in [0, 255] and returning probabilities), curves.png and
 confusion_matrix.png.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,35 +163,96 @@ class Recorder(keras.callbacks.Callback):
 
 
 class CrashSafeCheckpoint(keras.callbacks.Callback):
-    """Model + optimizer state after each finite epoch: temp file, fsync, rename; keeps two."""
+    """The run's whole state at the end of each finite epoch and, inside one, every
+    `every_steps` steps and/or `every_minutes` minutes: model and optimizer (EMA and loss
+    scale included), the metric totals of the epoch so far, the model's seed generators and
+    the position (epoch, step). Temp file, fsync, rename; keeps the newest `keep`.
 
-    def __init__(self, folder: Path, keep: int = 2):
+    `start(steps, step)` before each `fit`: the phase's steps per epoch and the steps already
+    done in the first epoch of this `fit` (a resume inside an epoch); `fit` then runs that
+    epoch's remaining steps, and the saved metric totals are added after its first step.
+    """
+
+    def __init__(self, folder: Path, keep: int = 2, every_steps: int = 0, every_minutes: float = 0.0):
         super().__init__()
         self.folder, self.keep = folder, keep
+        self.every_steps, self.every_seconds = every_steps, 60.0 * every_minutes
+        self.steps, self.offset, self.epoch, self.saved_metrics = 0, 0, 0, None
+        self.last_step, self.last_time = 0, time.monotonic()
         folder.mkdir(parents=True, exist_ok=True)
 
+    def start(self, steps: int, step: int = 0, saved_metrics: list | None = None) -> None:
+        self.steps, self.offset, self.saved_metrics, self.last_step = steps, step, saved_metrics, step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.saved_metrics is not None:
+            # The first step of a resumed epoch: add the totals of the steps before the
+            # checkpoint (Keras's metrics are built at the first step, and hold sums).
+            for variable, value in zip(_metric_variables(self.model), self.saved_metrics, strict=True):
+                variable.assign(variable + value)
+            self.saved_metrics = None
+        step = self.offset + batch + 1
+        if step >= self.steps:
+            return  # the epoch's end writes its own
+        if ((self.every_steps and step - self.last_step >= self.every_steps)
+                or (self.every_seconds and time.monotonic() - self.last_time >= self.every_seconds)):
+            self._write(self.epoch, step, (logs or {}).get("loss"))
+
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
+        self.offset = self.last_step = 0
+        self._write(epoch + 1, 0, (logs or {}).get("loss"))
+
+    def _write(self, epoch: int, step: int, loss) -> None:
         if loss is None or not math.isfinite(loss):
             return  # never replace a good checkpoint with a diverged one
-        final = self.folder / f"epoch-{epoch + 1:04d}.weights.h5"
-        tmp = self.folder / f"tmp-epoch-{epoch + 1:04d}.weights.h5"
+        self.last_step, self.last_time = step, time.monotonic()
+        name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "") + ".weights.h5"
+        tmp = self.folder / f"tmp-{name}"
         self.model.save_weights(tmp)
+        import h5py
+
+        with h5py.File(tmp, "a") as f:
+            state = f.create_group(RESUME_GROUP)
+            state.attrs["epoch"], state.attrs["step"] = epoch, step
+            for group, variables in (("metrics", _metric_variables(self.model)),
+                                     ("seeds", _seed_variables(self.model))):
+                values = state.create_group(group)
+                for k, variable in enumerate(variables):
+                    values[str(k)] = keras.ops.convert_to_numpy(variable)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+        os.replace(tmp, self.folder / name)
         for old in checkpoints(self.folder)[self.keep:]:
             old.unlink()
 
 
+RESUME_GROUP = "keras_resnet_resume"  # in a checkpoint: the position and the state `save_weights` leaves out
+
+
+def _metric_variables(model: keras.Model) -> list:
+    return [v for metric in model.metrics for v in metric.variables]
+
+
+def _seed_variables(model: keras.Model) -> list:
+    """The state of every seed generator in the model (e.g. DropPath's), which
+    `save_weights` does not save."""
+    return [layer.seed_generator.state for layer in model._flatten_layers()
+            if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
+
+
 def checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, newest first."""
-    return sorted(folder.glob("epoch-*.weights.h5"), reverse=True)
+    return sorted(folder.glob("epoch-*.weights.h5"), key=position, reverse=True)
 
 
-def checkpoint_epoch(path: Path) -> int:
-    """The epoch a checkpoint was written after (epoch-0007.weights.h5 -> 7)."""
-    return int(path.name.split("-")[1].split(".")[0])
+def position(path: Path) -> tuple[int, int]:
+    """Where a checkpoint was written: (epochs completed, steps done in the next one).
+    epoch-0007.weights.h5 -> (7, 0); epoch-0007-step-000050.weights.h5 -> (7, 50)."""
+    parts = path.name.split(".")[0].split("-")
+    return int(parts[1]), int(parts[3]) if len(parts) > 3 else 0
 
 
 def damaged(path: Path) -> str | None:
@@ -206,8 +269,10 @@ def damaged(path: Path) -> str | None:
 
 
 def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
-                   clean: bool = True) -> int:
-    """Load the newest checkpoint (weights + optimizer); returns its epoch (0: none).
+                   clean: bool = True) -> tuple[tuple[int, int], list | None]:
+    """Load the newest checkpoint: weights, optimizer and the model's seed generators.
+    Returns its `position` ((0, 0): none) and the epoch's saved metric totals (for
+    `CrashSafeCheckpoint.start`; None for an epoch-end checkpoint or one without them).
 
     Only a damaged file falls back to the one before. A whole file that does not fit the
     model (the code or a version changed) stops the run with `RunError`, as does a folder
@@ -226,14 +291,67 @@ def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
             continue
         try:
             model.load_weights(path)
+            metrics = _restore_extra_state(model, path)
         except Exception as err:
             raise RunError(
                 f"Checkpoint {path} is intact but does not fit this model ({type(err).__name__}: "
                 f"{' '.join(str(err).split())[:200]}); it was left untouched. Resume with the "
                 "keras-resnet version that wrote it, or start anew with another --output "
                 "(or --overwrite).") from err
-        return checkpoint_epoch(path)
+        return position(path), metrics
     if found:
         raise RunError(f"Every checkpoint in {folder} is damaged ({', '.join(p.name for p in found)}); "
                        "they were left untouched. Start anew with another --output (or --overwrite).")
-    return 0
+    return (0, 0), None
+
+
+def _restore_extra_state(model: keras.Model, path: Path) -> list | None:
+    """Seed generator states back into `model`; the saved metric totals of an in-epoch
+    checkpoint. Checkpoints of older versions have neither."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if RESUME_GROUP not in f:
+            return None
+        state = f[RESUME_GROUP]
+        seeds = _seed_variables(model)
+        if len(state["seeds"]) != len(seeds):
+            raise ValueError(f"{len(state['seeds'])} seed generator states saved, {len(seeds)} in the model")
+        for k, variable in enumerate(seeds):
+            variable.assign(state["seeds"][str(k)][()])
+        metrics = [state["metrics"][str(k)][()] for k in range(len(state["metrics"]))]
+        return metrics if state.attrs["step"] else None
+
+
+def where(folder: Path) -> dict:
+    """Where the run in `folder` stands (`keras-resnet runs show`): its status, the epochs
+    done, each checkpoint (position; intact, or why not) and whether the same `train`
+    command resumes it, from where, or why not."""
+    config = read_config(folder)
+    if config is None:
+        raise RunError(f"{folder} holds no run (no config.json); give the --output folder of a "
+                       "`keras-resnet train` run.")
+    metrics = read_metrics(folder)
+    found = [{"file": p.name, "epochs_completed": position(p)[0], "step": position(p)[1],
+              "damaged": damaged(p)} for p in checkpoints(folder / "checkpoints")]
+    good = [c for c in found if c["damaged"] is None]
+    head = 1 if config["model"]["weights"] and config["train"]["head_steps"] else 0  # one history entry
+    shown = {"folder": str(folder), "status": metrics.get("status", "started"),
+             "epochs_completed": metrics.get("epochs_completed", 0), "epochs": head + config["train"]["epochs"],
+             "checkpoints": found}
+    if metrics.get("error"):
+        shown["error"] = metrics["error"]
+    if state(folder) == "complete":
+        return {**shown, "can_resume": False, "why": "the run is complete (model.keras saved); nothing to resume"}
+    if good and good[0]["epochs_completed"] >= shown["epochs"]:
+        return {**shown, "can_resume": True, "why": "every epoch is trained; the same `keras-resnet train` "
+                                                     "command evaluates and saves the model"}
+    if good:
+        epoch, step = good[0]["epochs_completed"], good[0]["step"]
+        return {**shown, "can_resume": True, "resumes_at": {"epoch": epoch + 1, "step": step + 1},
+                "why": f"the same `keras-resnet train` command (or --output {folder}) resumes from {good[0]['file']}"}
+    if found:
+        return {**shown, "can_resume": False, "why": "every checkpoint is damaged; start anew with --overwrite "
+                                                      "or another --output"}
+    return {**shown, "can_resume": False, "why": "no checkpoint was written yet; the same command starts the "
+                                                  "run again from its first step"}

@@ -220,18 +220,23 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         model.optimizer.build(model.trainable_variables)  # every worker creates the same variables
         model.optimizer.iterations.assign(0)
 
-    initial_epoch = 0
+    initial_epoch, initial_step, saved_metrics = 0, 0, None
     if state == "resume":
         # A checkpoint holds the optimizer of the phase that wrote it: set that phase up first.
         found = [p for p in runs.checkpoints(run_folder / "checkpoints") if not runs.damaged(p)]
-        written = runs.checkpoint_epoch(found[0]) if found else 0  # the one `restore_latest` loads
-        enter(finetune.phase_of(plan, max(written - 1, 0)))
-        initial_epoch = runs.restore_latest(model, run_folder / "checkpoints", log, clean=chief)
+        epoch, step = runs.position(found[0]) if found else (0, 0)  # the one `restore_latest` loads
+        enter(finetune.phase_of(plan, epoch if step else max(epoch - 1, 0)))
+        (initial_epoch, initial_step), saved_metrics = runs.restore_latest(
+            model, run_folder / "checkpoints", log, clean=chief)
+        if t["ema"] and not initial_step and initial_epoch == phase.end:
+            # Written at the phase's last epoch end, before `fit` swapped the averages in.
+            model.optimizer.finalize_variable_values(model.trainable_variables)
     else:
         enter(phase)
     initial_epoch = distribute.agree(strat, initial_epoch, "the epoch to resume from")
-    if initial_epoch:
-        log(f"Resuming from epoch {initial_epoch + 1}")
+    initial_step = distribute.agree(strat, initial_step, "the step to resume from")
+    if initial_epoch or initial_step:
+        log(f"Resuming from epoch {initial_epoch + 1}" + (f", step {initial_step + 1}" if initial_step else ""))
     log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
         f"{distribute.describe(strat)}) on {splits.num_train} images of {splits.source}, "
         f"{splits.num_classes} classes, epochs {initial_epoch + 1}-{total_epochs}, "
@@ -240,7 +245,7 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     fixed = splits.image_size == image_size
     augmenter = augment_lib.build_augmenter(
         {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
-        seed=t["seed"], extra_layers=extra_augment_layers)
+        extra_layers=extra_augment_layers)
     eval_ds = data_lib.eval_pipeline(
         splits.test.map(_one_hot(splits.num_classes)), batch_size=t["batch_size"],
         image_size=image_size, fixed_size=fixed, crop_fraction=d["eval_crop_fraction"] or None)
@@ -250,17 +255,34 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
                             "precision": precision, "num_train": splits.num_train,
                             "num_test": splits.num_test, "strategy": distribute.describe(strat)},
                            history_from=run_folder)
-    callbacks = [keras.callbacks.TerminateOnNaN(), recorder,
-                 runs.CrashSafeCheckpoint(folder / "checkpoints"),
+    checkpoint = runs.CrashSafeCheckpoint(folder / "checkpoints", every_steps=t["checkpoint_every_steps"],
+                                          every_minutes=t["checkpoint_every_minutes"])
+    callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint,
                  keras.callbacks.TensorBoard(str(folder / "logs"))]
 
-    def training_batches(first_epoch: int, end_epoch: int = t["epochs"]) -> tf.data.Dataset:
-        """Passes `first_epoch..end_epoch-1` over the data (the "all" phase's epoch numbers)."""
+    def training_batches(first_epoch: int, end_epoch: int = t["epochs"], first_step: int = 0) -> tf.data.Dataset:
+        """Passes `first_epoch..end_epoch-1` over the data (the "all" phase's epoch numbers),
+        the first from batch `first_step`."""
         return data_lib.train_pipeline(
             splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
             batch_size=t["batch_size"], epochs=end_epoch, initial_epoch=first_epoch,
-            seed=t["seed"], image_size=image_size, fixed_size=fixed, augment=augmenter,
-            random_resized_crop=config["augment"]["random_resized_crop"])
+            initial_step=first_step, seed=t["seed"], image_size=image_size, fixed_size=fixed,
+            augment=augmenter, random_resized_crop=config["augment"]["random_resized_crop"])
+
+    def fit(batches: tf.data.Dataset, first: int, end: int, done: int = 0) -> None:
+        """Epochs `first..end-1` of the current phase, the first from its step `done`."""
+        checkpoint.start(phase.steps, done, saved_metrics if done else None)
+        raw = []
+        # `fit` swaps in the EMA weights when it ends: not yet, when the phase goes on.
+        keep_raw = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: raw.extend(
+            keras.ops.convert_to_numpy(v) for v in model.trainable_variables))
+        model.fit(batches, epochs=end, initial_epoch=first, steps_per_epoch=phase.steps - done,
+                  callbacks=callbacks + ([keep_raw] if done and t["ema"] else []), verbose=verbose,
+                  shuffle=False, validation_data=eval_ds if t["validate_every"] else None,
+                  validation_freq=max(t["validate_every"], 1))
+        if raw and end < phase.end:
+            for variable, value in zip(model.trainable_variables, raw):
+                variable.assign(value)
 
     started = time.time()
     for next_phase in plan:  # a run resumed after its last epoch only evaluates
@@ -273,21 +295,24 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         if next_phase is not phase:
             enter(next_phase)
         first = max(initial_epoch, next_phase.start)
-        if next_phase.name == "head":
+        done = initial_step if first == initial_epoch else 0  # steps of epoch `first` done before a resume
+        spe = steps_per_epoch
+        if next_phase.name == "head":  # one pseudo-epoch of `steps` steps over passes of the data
             log(f"Phase 'head': {next_phase.steps} steps of the new head alone.")
-            batches = training_batches(0, math.ceil(next_phase.steps / steps_per_epoch))
-        else:
-            if len(plan) > 1:
-                log(f"Phase 'all': epochs {first + 1}-{next_phase.end}.")
-            if t["bn_mode"] == "frozen_stats" and first == next_phase.start:
-                count = recalibrate_batch_norm(model, training_batches(0, 1).take(BN_RECALIBRATION_BATCHES))
-                log(f"Re-estimated the BN statistics on {count} batches of the training images "
-                    "(bn_mode frozen_stats).")
-            batches = training_batches(first - next_phase.start)
-        model.fit(batches, epochs=next_phase.end, initial_epoch=first,
-                  steps_per_epoch=next_phase.steps, callbacks=callbacks, verbose=verbose, shuffle=False,
-                  validation_data=eval_ds if t["validate_every"] else None,
-                  validation_freq=max(t["validate_every"], 1))
+            fit(training_batches(done // spe, math.ceil(next_phase.steps / spe), done % spe), first, first + 1, done)
+            continue
+        if len(plan) > 1:
+            log(f"Phase 'all': epochs {first + 1}-{next_phase.end}.")
+        if t["bn_mode"] == "frozen_stats" and first == next_phase.start and not done:
+            count = recalibrate_batch_norm(model, training_batches(0, 1).take(BN_RECALIBRATION_BATCHES))
+            log(f"Re-estimated the BN statistics on {count} batches of the training images "
+                "(bn_mode frozen_stats).")
+        if done:  # the rest of the epoch a resume came back into, then the phase's whole epochs
+            fit(training_batches(first - next_phase.start, first - next_phase.start + 1, done), first, first + 1, done)
+            first += 1
+            if first == next_phase.end or recorder.epochs_completed < first:
+                continue
+        fit(training_batches(first - next_phase.start), first, next_phase.end)
     losses = recorder.history.get("loss", [])
     kept = runs.checkpoints(folder / "checkpoints")
     kept = f"the last good checkpoint is kept ({kept[0] if kept else 'none'})"

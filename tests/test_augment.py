@@ -22,7 +22,8 @@ def _through_tf_data(fn, images, batches, labels=None):
     """`fn` mapped over `batches` copies of the batch inside tf.data, as `train` runs it:
     (stacked output images, stacked output labels, inputs repeated to match)."""
     labels = _own_class_labels(len(images)) if labels is None else labels
-    ds = tf.data.Dataset.from_tensors((tf.constant(images), labels)).repeat(batches).map(fn)
+    ds = tf.data.Dataset.from_tensors((tf.constant(images), labels)).repeat(batches).enumerate().map(
+        lambda step, xy: fn(xy[0], xy[1], augment.position_key(0, 0, 0, step)))
     outs = [(x.numpy(), y.numpy()) for x, y in ds]
     return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]),
             np.tile(images, (batches, 1, 1, 1)))
@@ -37,7 +38,7 @@ def _check_image_contract(out, images):
 
 def test_pad_crop_shifts_each_image_by_whole_pixels():
     images = tf.reshape(tf.range(8 * 32 * 32 * 3, dtype=tf.float32), (8, 32, 32, 3)) + 1.0
-    out = augment.pad_crop(images, 4).numpy()
+    out = augment.pad_crop(images, 4, augment.position_key(0)).numpy()
     assert out.shape == (8, 32, 32, 3)
     offsets = set()
     for original, shifted in zip(images.numpy(), out):
@@ -52,7 +53,7 @@ def test_pad_crop_shifts_each_image_by_whole_pixels():
 def test_pad_crop_output_equals_the_zero_padded_real_image_shifted(cifar_images):
     """Each output is exactly a 32x32 window of the zero-padded input; the window offsets are
     spread uniformly over the 9x9 possible ones, independently per image."""
-    fn = augment.build_augmenter({**OFF, "pad_crop": 4}, seed=0)
+    fn = augment.build_augmenter({**OFF, "pad_crop": 4})
     out, _, images = _through_tf_data(fn, cifar_images, batches=10)
     _check_image_contract(out, images)
     padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
@@ -77,7 +78,7 @@ def test_pad_crop_output_equals_the_zero_padded_real_image_shifted(cifar_images)
 
 def test_flip_mirrors_about_half_of_the_real_images_exactly(cifar_images):
     assert not any(np.array_equal(x, x[:, ::-1]) for x in cifar_images)  # none is symmetric
-    fn = augment.build_augmenter({"flip": True}, seed=0)
+    fn = augment.build_augmenter({"flip": True})
     out, _, images = _through_tf_data(fn, cifar_images, batches=10)
     _check_image_contract(out, images)
     same = np.array([np.array_equal(o, x) for o, x in zip(out, images)])
@@ -117,7 +118,7 @@ def _rotation(degrees, size=32):
 
 
 def test_scale_zooms_each_image_by_up_to_the_recipe_fraction(cifar_images):
-    fn = augment.build_augmenter({**OFF, "scale": 0.1}, seed=0)
+    fn = augment.build_augmenter({**OFF, "scale": 0.1})
     out, _, images = _through_tf_data(fn, cifar_images, batches=3)
     _check_image_contract(out, images)
     changed = np.abs(out - images).mean(axis=(1, 2, 3)) > 1.0
@@ -131,7 +132,7 @@ def test_scale_zooms_each_image_by_up_to_the_recipe_fraction(cifar_images):
 
 
 def test_rotation_turns_each_image_by_up_to_the_recipe_degrees(cifar_images):
-    fn = augment.build_augmenter({**OFF, "rotation": 10.0}, seed=0)
+    fn = augment.build_augmenter({**OFF, "rotation": 10.0})
     out, _, images = _through_tf_data(fn, cifar_images, batches=3)
     _check_image_contract(out, images)
     angles = np.arange(-20, 20.01, 0.25)
@@ -150,18 +151,22 @@ def test_rotation_turns_each_image_by_up_to_the_recipe_degrees(cifar_images):
 # -- RandAugment and random erasing --------------------------------------------------------
 
 def test_randaugment_changes_the_real_images_within_range(cifar_images):
-    fn = augment.build_augmenter({**OFF, "randaugment": True}, seed=0)
+    fn = augment.build_augmenter({**OFF, "randaugment": True})
     out, _, images = _through_tf_data(fn, cifar_images, batches=6)
     _check_image_contract(out, images)
     diff = np.abs(out - images).mean(axis=(1, 2, 3))
     assert (diff > 1.0).mean() > 0.8  # nearly every image is altered
     per_batch = diff.reshape(6, 20).mean(axis=1)
     assert len(np.unique(np.round(per_batch, 3))) == 6  # a fresh draw for every batch
-    # Still the same pictures: each output correlates with its own input more than with the others'.
+    # Still the same pictures where the batch's two ops are photometric: each output then
+    # correlates with its own input more than with the others'. (RandAugment picks its ops
+    # per batch; its geometric ones at Keras's default magnitude, rotations up to 180
+    # degrees and shifts up to half the image, can scramble a whole batch.)
     flat_out, flat_in = out.reshape(len(out), -1), images.reshape(len(images), -1)
     # (|r|: RandAugment's solarize may invert a whole batch)
     corr = np.abs(np.corrcoef(flat_out, flat_in)[: len(out), len(out):])
-    assert (corr.argmax(axis=1) == np.arange(len(out)) % 20).mean() > 0.9
+    matched = (corr.argmax(axis=1) == np.arange(len(out)) % 20).reshape(6, 20).mean(axis=1)
+    assert (matched >= 0.9).sum() >= 2, matched  # noise in place of the images fails
 
 
 def _erased_boxes(out, images):
@@ -182,7 +187,7 @@ def _erased_boxes(out, images):
 def test_random_erasing_probability_area_and_rectangles(cifar_images, probability):
     """`erasing` is the probability that an image gets one erased rectangle of 2-33 % of its area
     (Keras's default scale), filled with clipped noise."""
-    fn = augment.build_augmenter({**OFF, "erasing": probability}, seed=0)
+    fn = augment.build_augmenter({**OFF, "erasing": probability})
     out, _, images = _through_tf_data(fn, cifar_images, batches=10)
     _check_image_contract(out, images)
     boxes = _erased_boxes(out, images)
@@ -211,7 +216,7 @@ def _mix_sources(labels):
 
 
 def test_mixup_images_are_the_label_weighted_blend_of_two_real_images(cifar_images):
-    fn = augment.build_augmenter({**OFF, "mixup": 0.2}, seed=0)
+    fn = augment.build_augmenter({**OFF, "mixup": 0.2})
     out, labels, images = _through_tf_data(fn, cifar_images, batches=3)
     _check_image_contract(out, images)
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)
@@ -224,7 +229,7 @@ def test_mixup_images_are_the_label_weighted_blend_of_two_real_images(cifar_imag
 
 
 def test_cutmix_pastes_a_rectangle_of_another_image_with_label_weight_equal_to_its_area(cifar_images):
-    fn = augment.build_augmenter({**OFF, "cutmix": 1.0}, seed=0)
+    fn = augment.build_augmenter({**OFF, "cutmix": 1.0})
     out, labels, images = _through_tf_data(fn, cifar_images, batches=3)
     _check_image_contract(out, images)
     pasted_count = 0
@@ -258,16 +263,26 @@ ALL_IMAGE_OPS = {"pad_crop": 4, "flip": True, "scale": 0.1, "rotation": 10.0, "r
                  "erasing": 0.5}
 
 
-def test_the_same_seed_repeats_the_augmentation_and_another_seed_does_not(cifar_images):
-    def run(seed):
-        keras.utils.set_random_seed(0)  # as `train` does before building the augmenter
-        fn = augment.build_augmenter(ALL_IMAGE_OPS, seed=seed)
-        return _through_tf_data(fn, cifar_images, batches=3)[0]
+def test_each_batch_is_augmented_from_its_key_alone(cifar_images):
+    """A batch's augmentation depends on its `position_key` (seed, epoch, step) and nothing
+    else: the same key gives the same images in any order and in parallel `map` calls (what
+    a resume at any step relies on); another step or seed gives others."""
+    fn = augment.build_augmenter({**ALL_IMAGE_OPS, "mixup": 0.2})
+    images, labels = tf.constant(cifar_images), _own_class_labels(len(cifar_images))
 
-    first, again, other = run(3), run(3), run(4)
-    np.testing.assert_array_equal(first, again)
-    assert not np.array_equal(first, other)
-    assert not np.array_equal(first[:20], first[20:40])  # batches differ within one run
+    def run(seed, steps):
+        ds = tf.data.Dataset.from_tensor_slices(steps).map(
+            lambda step: fn(images, labels, augment.position_key(seed, 0, 0, step)), num_parallel_calls=4)
+        return {s: (x.numpy(), y.numpy()) for s, (x, y) in zip(steps, ds)}
+
+    forward, backward, other = run(3, [0, 1, 2, 3]), run(3, [3, 2, 1, 0]), run(4, [0, 1, 2, 3])
+    for step in range(4):
+        np.testing.assert_array_equal(forward[step][0], backward[step][0])
+        np.testing.assert_array_equal(forward[step][1], backward[step][1])
+        assert not np.array_equal(forward[step][0], other[step][0])
+    alone, _ = fn(images, labels, augment.position_key(3, 0, 0, 2))  # eagerly, outside tf.data
+    np.testing.assert_array_equal(alone.numpy(), forward[2][0])
+    assert not np.array_equal(forward[0][0], forward[1][0])  # steps differ within one run
 
 
 @pytest.mark.parametrize("fields", [
@@ -278,9 +293,9 @@ def test_the_same_seed_repeats_the_augmentation_and_another_seed_does_not(cifar_
     {"cutmix": 1.0},
 ])
 def test_augmenter_keeps_shape_dtype_and_range(fields, cifar_images):
-    fn = augment.build_augmenter(fields, seed=1)
+    fn = augment.build_augmenter(fields)
     images, labels = tf.constant(cifar_images), tf.one_hot(np.arange(20) % 10, 10)
-    out_images, out_labels = fn(images, labels)
+    out_images, out_labels = fn(images, labels, augment.position_key(1))
     assert out_images.shape == images.shape and out_images.dtype == tf.float32
     assert float(tf.reduce_min(out_images)) >= 0.0 and float(tf.reduce_max(out_images)) <= 255.0 + 1e-3
     changed = np.abs(out_images.numpy() - cifar_images).mean(axis=(1, 2, 3)) > 0

