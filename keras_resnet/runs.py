@@ -4,9 +4,9 @@ the CLI use.
 A run folder holds config.json (the full resolved recipe), metrics.json and history.csv
 (rewritten after every epoch), checkpoints/ (the newest two: at epoch ends and, inside an
 epoch, every `train.checkpoint_every_steps` steps or `train.checkpoint_every_minutes`
-minutes; each written to a temporary file, fsynced and renamed), logs/ (TensorBoard), and at the end model.keras (the final
-model, float32, taking RGB pixels in [0, 255] and returning probabilities), curves.png and
-confusion_matrix.png.
+minutes; each written to a temporary file, fsynced and renamed), logs/ (TensorBoard), and
+at the end model.keras (the final model, float32, taking RGB pixels in [0, 255] and
+returning probabilities), curves.png and confusion_matrix.png.
 """
 
 from __future__ import annotations
