@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from keras_resnet import augment as augment_lib, layers
 
-AUTOTUNE = tf.data.AUTOTUNE
+# tf.data's autotuner is off (`fixed_tuning`): maps run on every core, prefetch two batches.
+PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+PREFETCH_BATCHES = 2
 # ImageNet statistics on the [0, 255] scale, for data whose own statistics are not computed.
 IMAGENET_MEAN = tuple(255 * m for m in layers.IMAGENET_MEAN)
 IMAGENET_STD = tuple(255 * s for s in layers.IMAGENET_STD)
@@ -145,7 +147,7 @@ def _folder_split(paths, labels, *, in_memory: bool, cache_file: str | None):
     good = [i for i, path in enumerate(paths) if _has_image_header(path)]
     bad = [paths[i] for i in sorted(set(range(len(paths))) - set(good))]
     ds = tf.data.Dataset.from_tensor_slices(([paths[i] for i in good], labels[good]))
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+    ds = ds.map(load, num_parallel_calls=PARALLEL_CALLS).ignore_errors(log_warning=True)
     if cache_file:
         ds = ds.cache(cache_file)
     return ds, len(good), None, bad, None
@@ -386,6 +388,19 @@ def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
     return tf.image.resize(image, size) if image.shape[:2] != tuple(size) else image
 
 
+def fixed_tuning(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with tf.data's autotuner off (the pipelines fix parallelism and buffers instead).
+
+    With it on, deleting an iterator waits for the autotuner's next wake-up, which comes 5.11 s,
+    10.23 s, 20.47 s... after the iterator was made: every `evaluate`, and `fit` at its end,
+    returned up to seconds late, and a 10,000-image epoch timed alone lost a fifth of its
+    time (benchmarks/README.md). Steps measured no faster with it on.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, epochs: int,
                    initial_epoch: int, seed: int, image_size: tuple[int, int],
                    fixed_size: bool, augment=None, random_resized_crop: bool = False,
@@ -409,27 +424,27 @@ def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, e
         if random_resized_crop:
             epoch_ds = epoch_ds.map(lambda i, xy: (i, (_random_resized_crop(
                 xy[0], image_size, augment_lib.position_key(seed, 1, epoch, i)), xy[1])),
-                num_parallel_calls=AUTOTUNE)
+                num_parallel_calls=PARALLEL_CALLS)
         elif not fixed_size:
             epoch_ds = epoch_ds.map(lambda i, xy: (i, (resize_eval(xy[0], image_size, None), xy[1])),
-                                    num_parallel_calls=AUTOTUNE)
+                                    num_parallel_calls=PARALLEL_CALLS)
         return epoch_ds.batch(batch_size, drop_remainder=True).map(
             lambda i, xy: (xy[0], xy[1], augment_lib.position_key(seed, 0, epoch, i[0] // batch_size)))
 
     batches = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
     augment = augment or (lambda x, y, key: (x, y))
-    batches = batches.map(lambda x, y, key: augment(tf.cast(x, tf.float32), y, key), num_parallel_calls=AUTOTUNE)
-    return batches.prefetch(AUTOTUNE)
+    batches = batches.map(lambda x, y, key: augment(tf.cast(x, tf.float32), y, key), num_parallel_calls=PARALLEL_CALLS)
+    return fixed_tuning(batches.prefetch(PREFETCH_BATCHES))
 
 
 def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int, int],
                   fixed_size: bool, crop_fraction: float | None = None) -> tf.data.Dataset:
     if not fixed_size or crop_fraction:
         ds = ds.map(lambda x, y: (resize_eval(x, image_size, crop_fraction), y),
-                    num_parallel_calls=AUTOTUNE)
+                    num_parallel_calls=PARALLEL_CALLS)
     else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=PARALLEL_CALLS)
+    return fixed_tuning(ds.batch(batch_size).prefetch(PREFETCH_BATCHES))
 
 
 def _random_resized_crop(image, size, key, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

@@ -215,9 +215,9 @@ def evaluate(model_path: str | os.PathLike, data: str, *, split: str = "test",
              else {"max_eval_samples": max_samples})
     splits = data_lib.load(data, data_dir=data_dir, include_train=on_train, seed=seed, **limit)
     ds = (splits.train if on_train else splits.test).map(
-        lambda x, y: (prep(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    probs, mirrored, labels = predictions(layout.compiled(model),
-                                          ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), flip_tta)
+        lambda x, y: (prep(x), y), num_parallel_calls=data_lib.PARALLEL_CALLS)
+    ds = data_lib.fixed_tuning(ds.batch(batch_size).prefetch(data_lib.PREFETCH_BATCHES))
+    probs, mirrored, labels = predictions(layout.compiled(model), ds, flip_tta)
     if not len(labels):
         raise data_lib.DataError(f"No images in the {split} split of {splits.source}.")
     result = scores((probs + mirrored) / 2 if flip_tta else probs, labels, splits.class_names)

@@ -133,3 +133,15 @@ def test_checkpoint_cost_times_real_writes_and_steps(tmp_path):
     assert 0 < row["share_every_5_minutes"] < row["share_every_1_minute"] < 1
     kept = sorted(p.name for p in (tmp_path / "cifar10-fast").iterdir())
     assert kept == ["epoch-0000-step-000001.weights.h5", "epoch-0000-step-000002.weights.h5"]
+
+
+def test_train_step_races_our_step_against_pytorch_in_a_child_process():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", "--images", "256", "--rounds", "1", "--epochs", "1",
+         "--contenders", "ours,torch-bf16"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["failed"] == {} and summary["settings"]["torch-bf16"] == "bf16, compile=False"
+    assert summary["images_per_sec_best"]["ours"] > 0 and summary["images_per_sec_best"]["torch-bf16"] > 0
+    assert summary["ratio_best"]["ours/torch-bf16"] > 0 and summary["versions"]["torch"]["threads"] >= 1

@@ -73,6 +73,16 @@ def test_pipelines_batch_shapes_and_epoch_order():
     assert [b[0].shape[0] for b in evals] == [32, 8]
 
 
+def test_pipelines_run_without_the_autotuner_whose_wakeups_delay_every_iterators_end():
+    splits = data.load(str(CIFAR_DIR), max_train_samples=100, max_eval_samples=40)
+    train = data.train_pipeline(splits.train, num_examples=100, batch_size=32, epochs=1, seed=0,
+                                image_size=(32, 32), fixed_size=True, initial_epoch=0)
+    evals = data.eval_pipeline(splits.test, batch_size=32, image_size=(32, 32), fixed_size=True)
+    for ds in (train, evals):
+        assert ds.options().autotune.enabled is False
+        assert len(list(ds)) in (3, 2)  # and they still run
+
+
 
 @pytest.mark.parametrize("random_resized_crop", [False, True])
 def test_a_pipeline_resumed_at_any_step_gives_the_same_augmented_batches(random_resized_crop):

@@ -42,6 +42,29 @@ def test_zero_pad_shortcut_subsamples_and_pads_channels():
     assert not y[..., :2].any() and not y[..., 4:].any()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("size", [8, 7])
+def test_subsample_matches_strided_slice_in_values_and_gradients(dtype, size):
+    import tensorflow as tf
+
+    from keras_resnet.layers import _subsample
+
+    x = tf.random.stateless_normal((3, size, size, 5), seed=(1, 2)) * 1e3  # negatives too
+    x = tf.cast(tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0], [1, 2, 2, 1], [2, 0, 2, 3]],
+                                            [np.nan, np.inf, -np.inf]), dtype)  # and non-finite values
+    upstream = tf.cast(tf.random.stateless_normal((3, (size + 1) // 2, (size + 1) // 2, 5), seed=(3, 4)), dtype)
+    results = []
+    for fn in (lambda t: _subsample(t, 2, "channels_last"), lambda t: t[:, ::2, ::2, :]):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        results.append((y.numpy().astype("float32"), tape.gradient(y, x, upstream).numpy().astype("float32")))
+    (y, grad), (y_ref, grad_ref) = results
+    np.testing.assert_array_equal(y, y_ref)  # NaN where the reference has NaN
+    assert np.isnan(y).sum() == 1 and np.isinf(y).sum() == 2
+    np.testing.assert_array_equal(grad, grad_ref)
+
+
 def test_drop_path_drops_whole_samples_only_in_training():
     layer = kr.DropPath(0.5, seed=1)
     x = np.ones((64, 2, 2, 3), dtype="float32")
