@@ -26,8 +26,7 @@ CATEGORIES = {  # first match wins; TensorFlow op types and aten op names
     "convolution": ("Conv2D", "convolution"),
     "batch norm": ("FusedBatchNorm", "batch_norm"),
     "ReLU (+ gradient)": ("Relu", "relu", "clamp_min", "threshold_backward"),
-    "residual sum, shortcut, padding": ("AddV2", "AddN", "Pad", "Slice", "MaxPool", "aten::add", "constant_pad",
-                                        "max_pool", "aten::slice"),
+    "residual sum, shortcut, padding": ("AddV2", "AddN", "Pad", "Slice", "AvgPool", "aten::add", "constant_pad", "aten::slice"),
     "casts": ("Cast", "aten::to", "_to_copy", "copy_"),
     "input pipeline": ("Iterator", "Dataset"),
 }

@@ -48,6 +48,7 @@ MODELS = {
     "resnet20": {"recipe": "cifar10-fast", "size": 32, "classes": 10, "batch": 128, "torch": "r20-train"},
     "resnet50": {"recipe": "imagenet-resnet50", "size": 224, "classes": 1000, "batch": 32, "torch": "r50-train"},
 }
+TORCH_SCRIPT = Path(__file__).with_name("torch_reference.py")
 TORCH = {"torch-bf16": ("bf16", False), "torch-float32": ("float32", False),
          "torch-compile-bf16": ("bf16", True)}
 
@@ -56,14 +57,12 @@ class TorchChild:
     """benchmarks/torch_reference.py in a child process: make steps, time epochs."""
 
     def __init__(self):
-        script = Path(__file__).with_name("torch_reference.py")
-        self.process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, str(TORCH_SCRIPT)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, text=True)
 
     @staticmethod
     def versions() -> dict:
-        script = Path(__file__).with_name("torch_reference.py")
-        return json.loads(subprocess.run([sys.executable, str(script), "--info"], capture_output=True,
+        return json.loads(subprocess.run([sys.executable, str(TORCH_SCRIPT), "--info"], capture_output=True,
                                          text=True, check=True).stdout)
 
     def ask(self, request: dict) -> dict:
@@ -94,7 +93,7 @@ def ours(x, y, spec: dict, precision: str = "auto", bn_epsilon: float | None = N
         config, num_classes=spec["classes"], image_size=(spec["size"],) * 2,
         normalization=((125.0,) * 3, (63.0,) * 3), steps_per_epoch=len(x) // spec["batch"])
     data = tf.data.Dataset.from_tensor_slices((x, np.eye(spec["classes"], dtype="float32")[y]))
-    data = data_lib.fixed_tuning(data.batch(spec["batch"], drop_remainder=True).prefetch(data_lib.PREFETCH_BATCHES))
+    data = data_lib.prefetched(data.batch(spec["batch"], drop_remainder=True))
     return timed(lambda: model.fit(data, epochs=1, verbose=0, callbacks=list(callbacks))), precision
 
 

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from keras_resnet import augment as augment_lib, layers
 
-# tf.data's autotuner is off (`fixed_tuning`): maps run on every core, prefetch two batches.
+# tf.data's autotuner is off (`prefetched`): maps run on every core, prefetch two batches.
 PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 PREFETCH_BATCHES = 2
 # ImageNet statistics on the [0, 255] scale, for data whose own statistics are not computed.
@@ -388,17 +388,18 @@ def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
     return tf.image.resize(image, size) if image.shape[:2] != tuple(size) else image
 
 
-def fixed_tuning(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """`ds` with tf.data's autotuner off (the pipelines fix parallelism and buffers instead).
+def prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """The end of every pipeline: `PREFETCH_BATCHES` prefetched, tf.data's autotuner off (the
+    maps use `PARALLEL_CALLS`).
 
-    With it on, deleting an iterator waits for the autotuner's next wake-up, which comes 5.11 s,
+    With the autotuner on, deleting an iterator waits for its next wake-up, which comes 5.11 s,
     10.23 s, 20.47 s... after the iterator was made: every `evaluate`, and `fit` at its end,
-    returned up to seconds late, and a 10,000-image epoch timed alone lost a fifth of its
-    time (benchmarks/README.md). Steps measured no faster with it on.
+    returned up to seconds late (a `fit` of 4.2 s of steps returned after 5.11 s;
+    benchmarks/README.md). Steps measured no faster with it on.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
-    return ds.with_options(options)
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, epochs: int,
@@ -434,7 +435,7 @@ def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, e
     batches = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
     augment = augment or (lambda x, y, key: (x, y))
     batches = batches.map(lambda x, y, key: augment(tf.cast(x, tf.float32), y, key), num_parallel_calls=PARALLEL_CALLS)
-    return fixed_tuning(batches.prefetch(PREFETCH_BATCHES))
+    return prefetched(batches)
 
 
 def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int, int],
@@ -444,7 +445,7 @@ def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int
                     num_parallel_calls=PARALLEL_CALLS)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=PARALLEL_CALLS)
-    return fixed_tuning(ds.batch(batch_size).prefetch(PREFETCH_BATCHES))
+    return prefetched(ds.batch(batch_size))
 
 
 def _random_resized_crop(image, size, key, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):

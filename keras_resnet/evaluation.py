@@ -216,7 +216,7 @@ def evaluate(model_path: str | os.PathLike, data: str, *, split: str = "test",
     splits = data_lib.load(data, data_dir=data_dir, include_train=on_train, seed=seed, **limit)
     ds = (splits.train if on_train else splits.test).map(
         lambda x, y: (prep(x), y), num_parallel_calls=data_lib.PARALLEL_CALLS)
-    ds = data_lib.fixed_tuning(ds.batch(batch_size).prefetch(data_lib.PREFETCH_BATCHES))
+    ds = data_lib.prefetched(ds.batch(batch_size))
     probs, mirrored, labels = predictions(layout.compiled(model), ds, flip_tta)
     if not len(labels):
         raise data_lib.DataError(f"No images in the {split} split of {splits.source}.")
