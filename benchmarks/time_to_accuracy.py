@@ -10,7 +10,9 @@ saving), and appends one JSON line to OUTPUT/results.jsonl:
 
 Pick `--epochs` from the per-epoch time of an earlier run on the same machine, leaving a
 minute for start-up and evaluation; a run over its budget is recorded as such, never
-dropped. `--table` prints every recorded run as the Markdown table in docs/results.md.
+dropped. `--set SECTION.FIELD=VALUE` (repeatable) tries a variant of the recipe, e.g.
+`--set train.label_smoothing=0.1`; it goes into the run folder's name and the record.
+`--table` prints every recorded run as the Markdown table in docs/results.md.
 Run nothing else on the machine meanwhile: the wall time is the measurement.
 """
 
@@ -21,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -38,9 +41,12 @@ def cpu_model() -> str:
 
 
 def run(args) -> dict:
-    folder = Path(args.output) / f"{args.recipe}-e{args.epochs}-s{args.seed}"
+    variant = re.sub(r"[^\w.=-]", "_", "".join(f"-{item}" for item in args.set))  # a folder name
+    folder = Path(args.output) / f"{Path(args.recipe).stem}-e{args.epochs}-s{args.seed}{variant}"
     command = ["train", "--recipe", args.recipe, "--epochs", str(args.epochs),
                "--seed", str(args.seed), "--output", str(folder)]
+    for item in args.set:
+        command += ["--set", item]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     start = time.perf_counter()  # the CLI of this interpreter's environment, as a user runs it
@@ -51,7 +57,7 @@ def run(args) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
     record = {
         "date": datetime.date.today().isoformat(), "budget_min": args.budget_min,
-        "recipe": args.recipe, "epochs": args.epochs, "seed": args.seed,
+        "recipe": args.recipe, "set": args.set, "epochs": args.epochs, "seed": args.seed,
         "command": " ".join(["keras-resnet", *command]), "wall_s": round(wall, 1),
         "within_budget": wall <= 60 * args.budget_min,
         "top1": metrics["eval"]["accuracy"],
@@ -66,13 +72,14 @@ def run(args) -> dict:
 
 def table(output: str) -> str:
     records = [json.loads(line) for line in open(Path(output) / "results.jsonl")]
-    lines = ["| budget | recipe | epochs | seed | wall time (whole process) | test top-1 | flip TTA |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| date | budget | recipe | epochs | seed | wall time (whole process) | test top-1 | flip TTA |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in sorted(records, key=lambda r: (r["budget_min"], r["epochs"], r["seed"])):
         minutes, seconds = divmod(round(r["wall_s"]), 60)
         over = "" if r["within_budget"] else " (over budget)"
         tta = f"{100 * r['flip_tta_top1']:.2f} %" if r["flip_tta_top1"] is not None else "–"
-        lines.append(f"| {r['budget_min']:g} min | `{r['recipe']}` | {r['epochs']} | {r['seed']} | "
+        recipe = " ".join([f"`{r['recipe']}`", *(f"`{item}`" for item in r.get("set", []))])
+        lines.append(f"| {r['date']} | {r['budget_min']:g} min | {recipe} | {r['epochs']} | {r['seed']} | "
                      f"{minutes} min {seconds} s{over} | {100 * r['top1']:.2f} % | {tta} |")
     return "\n".join(lines)
 
@@ -83,6 +90,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--recipe", default="cifar10-fast")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="a recipe override passed to train (repeatable), recorded with the run")
     parser.add_argument("--data-dir", help="TFDS data_dir (default: TFDS's own, downloads)")
     parser.add_argument("--output", default="runs/tta")
     parser.add_argument("--table", action="store_true", help="print the recorded runs as Markdown")

@@ -145,3 +145,25 @@ def test_train_step_races_our_step_against_pytorch_in_a_child_process():
     assert summary["failed"] == {} and summary["settings"]["torch-bf16"] == "bf16, compile=False"
     assert summary["images_per_sec_best"]["ours"] > 0 and summary["images_per_sec_best"]["torch-bf16"] > 0
     assert summary["ratio_best"]["ours/torch-bf16"] > 0 and summary["versions"]["torch"]["threads"] >= 1
+
+
+def test_time_to_accuracy_records_a_whole_train_process_and_its_overrides(tmp_path):
+    tfds_dir = ROOT.parent / "shared" / "datasets" / "tensorflow_datasets"
+    overrides = ["model.depth=8", "model.variant=cifar", "data.max_train_samples=256", "data.max_eval_samples=100",
+                 "train.validate_every=0"]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/time_to_accuracy.py", "--budget-min", "10", "--epochs", "1",
+         "--data-dir", str(tfds_dir), "--output", str(tmp_path), *(f"--set={o}" for o in overrides)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["set"] == overrides and record["within_budget"] and 0 < record["wall_s"] < 600
+    assert 0 <= record["top1"] <= 1 and all(f"--set {o}" in record["command"] for o in overrides)
+    folder = tmp_path / f"cifar10-fast-e1-s0-{'-'.join(overrides)}"
+    assert json.loads((folder / "metrics.json").read_text())["num_train"] == 256
+    assert json.loads((folder / "config.json").read_text())["model"]["depth"] == 8
+    table = subprocess.run([sys.executable, "benchmarks/time_to_accuracy.py", "--table", "--output", str(tmp_path)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert table.returncode == 0, table.stderr
+    row = table.stdout.splitlines()[-1]
+    assert "`model.depth=8`" in row and "| 10 min |" in row and f"{100 * record['top1']:.2f} %" in row
