@@ -22,8 +22,8 @@ from keras_resnet.weights import load_weights, preprocess_input
 
 __version__ = "0.1.0"
 
-# Training needs TensorFlow (tf.data); these load it on first use, so `import keras_resnet`
-# stays TensorFlow-free on the JAX and PyTorch backends.
+# These modules load on first use: `import keras_resnet` stays light, and does not import
+# TensorFlow on the JAX and PyTorch backends.
 _LAZY = {"train": "training", "evaluate_model": "evaluation", "benchmark": "benchmarking",
          "recipes": "recipes", "training": "training", "data": "data", "export": "exporter",
          "exporter": "exporter", "parity": "parity", "evaluation": "evaluation", "runs": "runs",

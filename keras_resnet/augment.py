@@ -17,7 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import keras
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # JAX or PyTorch without TensorFlow: `DEFAULTS` only (`pydata` augments)
+    tf = None
 
 # Recipe fields and their "off" values.
 DEFAULTS = {

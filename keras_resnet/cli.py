@@ -197,6 +197,7 @@ def _weights(args) -> int:
     return 0
 
 
+NEED_TENSORFLOW = ("evaluate", "predict", "export")  # tf.image preprocessing, SavedModel and TFLite
 COMMANDS = {"summary": _summary, "train": _train, "runs": _runs, "recipes": _recipes, "evaluate": _evaluate,
             "predict": _predict, "export": _export, "benchmark": _benchmark, "weights": _weights}
 
@@ -205,6 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide C++ info and warnings, keep errors
     try:
+        if args.command in NEED_TENSORFLOW:
+            from keras_resnet import backends
+
+            backends.require_tensorflow(f"keras-resnet {args.command}",
+                                        "run it where TensorFlow is installed; model.keras loads there")
+            if backends.name() != "tensorflow":
+                raise backends.BackendError(
+                    f"keras-resnet {args.command} runs on the TensorFlow backend; this is {backends.name()}. "
+                    f"Run KERAS_BACKEND=tensorflow keras-resnet {args.command} ... (a model.keras trained on "
+                    "any backend loads there).")
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"keras-resnet {args.command}: error: {err}", file=sys.stderr)

@@ -1,8 +1,11 @@
-"""Datasets -> `tf.data`: TFDS by name or image folders, subsampling, normalization stats.
+"""Datasets -> `tf.data`: TFDS by name, image folders or `.npz` arrays, subsampling,
+normalization stats.
 
 A dataset is loaded as `Splits`: unbatched (uint8 HxWx3 image, int32 label) datasets plus
 class names and counts. Small images (<= `MEMORY_MAX_SIDE`) are decoded once into memory;
-larger ones are decoded per epoch (optionally with a file cache).
+larger ones are decoded per epoch (optionally with a file cache). Without TensorFlow, image
+folders and `.npz` files load as `pydata.Arrays` instead (decoded into memory with Pillow),
+and TFDS datasets are refused with the way to convert them once.
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from keras_resnet import augment as augment_lib, layers
+from keras_resnet import augment as augment_lib, layers, pydata
+
+try:
+    import tensorflow as tf
+except ImportError:  # JAX or PyTorch without TensorFlow: folders and arrays load as `pydata.Arrays`
+    tf = None
 
 # tf.data's autotuner is off (`prefetched`): maps run on every core, prefetch two batches.
 PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -35,8 +42,8 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class Splits:
-    train: tf.data.Dataset
-    test: tf.data.Dataset
+    train: tf.data.Dataset | pydata.Arrays
+    test: tf.data.Dataset | pydata.Arrays
     class_names: list[str]
     num_train: int
     num_test: int
@@ -107,6 +114,8 @@ def decode_file(path: str) -> np.ndarray:
 
 def _decode_all(paths: list[str]) -> tuple[list[np.ndarray | None], list[str]]:
     """Decode every file once (threads), naming each that fails."""
+    if tf is None:
+        return pydata.decode_files(paths)
     def safe(path):
         try:
             return decode_file(path)
@@ -138,7 +147,8 @@ def _folder_split(paths, labels, *, in_memory: bool, cache_file: str | None):
             raise DataError(f"Images have different sizes {sorted(sizes)[:4]}; resize them to one size "
                             "first, or give the size: --set 'data.image_size=[32, 32]'.")
         array = np.stack([images[i] for i in keep]) if keep else np.zeros((0, 1, 1, 3), np.uint8)
-        ds = tf.data.Dataset.from_tensor_slices((array, labels[keep]))
+        ds = (pydata.Arrays(array, labels[keep]) if tf is None
+              else tf.data.Dataset.from_tensor_slices((array, labels[keep])))
         return ds, len(keep), next(iter(sizes)) if sizes else None, corrupt, array
 
     def load(path, label):
@@ -213,7 +223,7 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
         train_paths, train_labels = train_paths[:1], train_labels[:1]
     pick_train = stratified_subset(train_labels, max_train_samples, seed)
     pick_eval = stratified_subset(eval_labels, max_eval_samples, seed + 1)
-    in_memory = _peek_side(train_paths[0]) <= MEMORY_MAX_SIDE
+    in_memory = tf is None or _peek_side(train_paths[0]) <= MEMORY_MAX_SIDE
     cache = (lambda split: os.path.join(cache_dir, f"{split}.tfcache")) if cache_dir else (lambda s: None)
     train, n_train, size, bad_train, train_array = _folder_split(
         [train_paths[i] for i in pick_train], train_labels[pick_train], in_memory=in_memory,
@@ -319,6 +329,8 @@ def is_folder(data: str) -> bool:
 
 def peek_image_side(data: str, data_dir: str | None = None) -> int:
     """The longer side of the dataset's images (one decoded file, or TFDS metadata)."""
+    if data.endswith(".npz"):
+        return max(pydata.npz_shape(data, "x_train")[1:3])
     if is_folder(data):
         first = next((f for f in sorted(Path(data, "train").glob("*/*"))
                       if f.suffix.lower() in IMAGE_EXTENSIONS), None)
@@ -339,6 +351,11 @@ def count_train(data: str, data_dir: str | None = None, classes: list[str] | Non
                 max_train_samples: int | None = None) -> int:
     """How many training images `load` will give, without decoding any: files in the class
     folders, or TFDS's split size (times the share of `classes`, for balanced datasets)."""
+    if data.endswith(".npz"):
+        total = pydata.npz_shape(data, "x_train")[0]
+        if classes:  # balanced, as for TFDS
+            total = total * len(classes) // (int(np.load(data)["y_train"].max()) + 1)
+        return min(total, max_train_samples) if max_train_samples else total
     if is_folder(data):
         train_dir = Path(data, "train")
         folders = _class_folders(train_dir) if train_dir.is_dir() else []
@@ -362,11 +379,45 @@ def count_train(data: str, data_dir: str | None = None, classes: list[str] | Non
     return min(total, max_train_samples) if max_train_samples else total
 
 
+def load_npz(path: str, *, max_train_samples: int | None = None, max_eval_samples: int | None = None,
+             seed: int = 0, include_train: bool = True, classes: list[str] | None = None) -> Splits:
+    """Arrays from a `.npz` (`pydata.load_npz`'s layout); classes are named "0", "1", ...;
+    `classes` keeps those only, labelled 0.. in that order."""
+    train, test = pydata.load_npz(path)
+    available = [str(i) for i in range(int(max(train.labels.max(initial=0), test.labels.max(initial=0))) + 1)]
+    picked = _pick_classes(available, classes, path)
+    remap = np.full(len(available), -1, np.int32)
+    remap[picked] = np.arange(len(picked))
+    chosen = []
+    for split, n, split_seed in ((train, max_train_samples if include_train else 1, seed),
+                                 (test, max_eval_samples, seed + 1)):
+        labels = remap[split.labels]
+        rows = np.flatnonzero(labels >= 0)
+        rows = rows[stratified_subset(labels[rows], n, split_seed)]
+        chosen.append(pydata.Arrays(split.images[rows], labels[rows]))
+    train, test = chosen
+    if not len(train.labels) or not len(test.labels):
+        raise DataError(f"{path} has no images left in its train or test split (classes {classes}).")
+    mean, std = channel_stats(train.images[:10_000])
+    if tf is not None:
+        train, test = (tf.data.Dataset.from_tensor_slices((a.images, a.labels)) for a in (train, test))
+    n_train, n_test = len(chosen[0].labels), len(chosen[1].labels)
+    return Splits(train, test, [available[i] for i in picked], n_train, n_test,
+                  tuple(chosen[0].images.shape[1:3]), mean, std, source=f"npz:{path}")
+
+
 def load(data: str, **kwargs) -> Splits:
-    """A folder path or a TFDS name."""
+    """A `.npz` file, a folder path or a TFDS name."""
+    if data.endswith(".npz"):
+        kwargs.pop("data_dir", None), kwargs.pop("cache_dir", None)
+        return load_npz(data, **kwargs)
     if is_folder(data):
         kwargs.pop("data_dir", None)
         return load_image_folder(data, **kwargs)
+    if tf is None:
+        raise DataError(f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed. "
+                        "Convert it once where TensorFlow is (docs/training.md, 'Without TensorFlow') "
+                        "and pass the .npz, or pass an image folder: --data FOLDER.")
     kwargs.pop("cache_dir", None)
     return load_tfds(data, **kwargs)
 

@@ -1,4 +1,7 @@
-"""tf.distribute for `train`: choose a strategy, validate the cluster, decide who writes.
+"""Distribution for `train`: choose a strategy, validate the cluster, decide who writes.
+
+On TensorFlow, tf.distribute; on JAX and PyTorch, `KerasStrategy` stands in for it (one
+process; on JAX with several local devices, Keras's `DataParallel` over them).
 
 Strategies are TensorFlow's own (`OneDeviceStrategy`, `MirroredStrategy`,
 `MultiWorkerMirroredStrategy` from `TF_CONFIG`, `TPUStrategy`); nothing here moves tensors
@@ -18,9 +21,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import keras
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # a JAX or PyTorch installation: `KerasStrategy` only
+    tf = None
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "tpu")
+# What a lost worker raises in `model.fit` (multi-worker, TensorFlow only).
+LOST_CONTACT = (() if tf is None else (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                                       tf.errors.CancelledError, tf.errors.AbortedError))
 # Keras versions whose TensorFlow trainer the multi-worker fix was verified against (by the
 # two-worker tests; on Keras 3.8 with TensorFlow 2.18 they failed, so it is not listed).
 MULTI_WORKER_FIX_KERAS = ("3.15",)
@@ -71,17 +81,56 @@ def _local_tpu() -> bool:
     return any(Path("/dev").glob("accel*")) or any(Path("/dev/vfio").glob("[0-9]*"))
 
 
-def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
+class KerasStrategy:
+    """The strategy of a run on JAX or PyTorch: one process, and on JAX with several local
+    devices Keras's `DataParallel`, which splits each batch over them (BN then sees the whole
+    batch, as `train.sync_bn` asks)."""
+
+    def __init__(self, distribution: keras.distribution.Distribution | None = None):
+        self.distribution = distribution
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        return self.distribution.device_mesh.devices.size if self.distribution else 1
+
+    def scope(self):
+        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
+
+
+def _keras_strategy(name: str) -> KerasStrategy:
+    backend = keras.config.backend()
+    if name == "multi-worker" or (name == "auto" and _cluster_size(parse_tf_config()) > 1):
+        check_multi_worker_keras()  # refuses every backend but TensorFlow, naming it
+    if name not in ("auto", "one-device", "mirrored"):
+        raise DistributeError(f"--strategy {name} is tf.distribute's: set KERAS_BACKEND=tensorflow. On "
+                              f"{backend}, --strategy auto trains on one process"
+                              + (" and spreads the batch over the local devices." if backend == "jax" else "."))
+    if backend == "jax" and name != "one-device":
+        devices = keras.distribution.list_devices()
+        if len(devices) > 1:
+            return KerasStrategy(keras.distribution.DataParallel(devices=devices))
+        if name == "mirrored":
+            raise DistributeError("--strategy mirrored found one device; use --strategy auto.")
+    elif name == "mirrored":
+        raise DistributeError(f"--strategy mirrored is not available on {backend}: set KERAS_BACKEND=jax "
+                              "(Keras's DataParallel) or tensorflow.")
+    return KerasStrategy()
+
+
+def make_strategy(name: str = "auto", tpu: str | None = None):
     """The strategy for `name`:
 
     - `auto`: multi-worker when `TF_CONFIG` names more than one worker, a TPU when one is
       addressed (`tpu`, `TPU_NAME`, Colab's `COLAB_TPU_ADDR`), mirrored over several local
       GPUs, else TensorFlow's default strategy;
     - `one-device`, `mirrored` (all local GPUs, or all logical CPUs without GPUs),
-      `multi-worker` (`TF_CONFIG`), `tpu` (`tpu` address, or the local TPU VM).
+      `multi-worker` (`TF_CONFIG`), `tpu` (`tpu` address, or the local TPU VM);
+    - on JAX and PyTorch, a `KerasStrategy` (`auto`, `one-device`; `mirrored` on JAX).
     """
     if name not in STRATEGIES:
         raise DistributeError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+    if keras.config.backend() != "tensorflow":
+        return _keras_strategy(name)
     config = parse_tf_config()
     if name == "auto":
         if _cluster_size(config) > 1:
@@ -118,17 +167,27 @@ def make_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.S
     return tf.distribute.TPUStrategy(resolver)
 
 
-def describe(strategy: tf.distribute.Strategy) -> str:
+def is_default(strategy) -> bool:
+    """One process on one device, as without any strategy."""
+    if isinstance(strategy, KerasStrategy):
+        return strategy.distribution is None
+    return strategy is tf.distribute.get_strategy()
+
+
+def describe(strategy) -> str:
+    if isinstance(strategy, KerasStrategy):
+        return (f"DataParallel ({strategy.num_replicas_in_sync} devices)" if strategy.distribution
+                else "one device")
     name = type(strategy).__name__
     return f"{'default strategy' if name.startswith('_Default') else name} ({strategy.num_replicas_in_sync} replica(s))"
 
 
-def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+def is_multi_worker(strategy) -> bool:
+    return (tf is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             and strategy.extended._in_multi_worker_mode())
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief(strategy) -> bool:
     """Whether this process writes the run folder: the `chief` task, else worker 0."""
     if not is_multi_worker(strategy):
         return True
@@ -138,7 +197,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                              and resolver.task_id == 0)
 
 
-def check_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:
+def check_batch(batch_size: int, strategy) -> None:
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         lower, upper = batch_size // replicas * replicas, -(-batch_size // replicas) * replicas
@@ -146,7 +205,7 @@ def check_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:
                               f"replicas; use a multiple of {replicas} (e.g. {lower or upper} or {upper}).")
 
 
-def agree(strategy: tf.distribute.Strategy, value: int, what: str) -> int:
+def agree(strategy, value: int, what: str) -> int:
     """`value` if every worker holds the same one, else a clear error (no silent divergence)."""
     if not is_multi_worker(strategy):
         return value
@@ -182,7 +241,7 @@ def check_multi_worker_keras(version: str | None = None, backend: str | None = N
 
 
 @contextlib.contextmanager
-def multi_worker_fit(strategy: tf.distribute.Strategy) -> Iterator[None]:
+def multi_worker_fit(strategy) -> Iterator[None]:
     """Make `model.fit`/`evaluate` work under a multi-worker strategy, for the duration."""
     if not is_multi_worker(strategy):
         yield

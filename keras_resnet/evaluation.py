@@ -25,7 +25,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # JAX or PyTorch without TensorFlow: `predictions` and `scores` only
+    tf = None
 
 from keras_resnet import data as data_lib, report, runs
 
@@ -233,10 +237,11 @@ def predictions(predict, batches, mirrored: bool = False
     `mirrored` (else None), and the integer labels."""
     plain, flipped, labels = [], [], []
     for images, y in batches:
+        images, y = np.asarray(images), np.asarray(y)  # what every backend's `predict` takes
         plain.append(keras.ops.convert_to_numpy(predict(images)))
         if mirrored:
-            flipped.append(keras.ops.convert_to_numpy(predict(tf.reverse(images, axis=[2]))))
-        labels.append(np.argmax(y, -1) if y.shape.rank == 2 else np.asarray(y))
+            flipped.append(keras.ops.convert_to_numpy(predict(np.ascontiguousarray(images[:, :, ::-1]))))
+        labels.append(np.argmax(y, -1) if y.ndim == 2 else y)
     classes = plain[0].shape[-1] if plain else 0
 
     def stack(parts):

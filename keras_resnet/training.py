@@ -7,6 +7,7 @@ scores from `evaluation`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -17,10 +18,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_resnet import (augment as augment_lib, data as data_lib, distribute, evaluation, finetune,
-                          recipes, report, runs, schedules)
+from keras_resnet import (augment as augment_lib, backends, data as data_lib, distribute, evaluation, finetune,
+                          pydata, recipes, report, runs, schedules)
 from keras_resnet.builder import build
 from keras_resnet.runs import RunError
 
@@ -29,34 +29,6 @@ BN_RECALIBRATION_BATCHES = 100  # training batches that re-estimate BN statistic
 
 
 # -- the model and its compiled step ---------------------------------------------------------
-
-def resolve_precision(setting: str) -> str:
-    """"auto": bf16 on Ampere+ GPUs and on CPUs with native bf16, fp16 on older GPUs, else fp32."""
-    if setting != "auto":
-        if setting not in recipes.PRECISIONS:
-            raise recipes.RecipeError(f"train.precision must be 'auto' or one of {recipes.PRECISIONS}, "
-                                      f"got {setting!r}.")
-        return setting
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-        return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
-
-
-def resolve_jit(setting) -> bool:
-    """"auto": XLA on GPUs (on CPUs it measured slower for these models)."""
-    if setting == "auto":
-        return bool(tf.config.list_physical_devices("GPU"))
-    if isinstance(setting, bool):
-        return setting
-    raise recipes.RecipeError(f"train.jit_compile must be 'auto', true or false, got {setting!r}.")
-
 
 def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
                 normalization=None) -> keras.Model:
@@ -101,7 +73,7 @@ def compile_model(model: keras.Model, config: dict, steps_per_epoch: int,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t["label_smoothing"]),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.TopKCategoricalAccuracy(5, name="top5_accuracy")],
-        jit_compile=resolve_jit(t["jit_compile"]),
+        jit_compile=backends.resolve_jit(t["jit_compile"]),
         steps_per_execution=t["steps_per_execution"])
     return schedule
 
@@ -113,7 +85,7 @@ def build_compiled(config: dict, *, num_classes: int, image_size: Sequence[int],
     The mixed-precision policy applies while the layers are built; the caller's global
     policy is restored afterwards.
     """
-    precision = resolve_precision(config["train"]["precision"])
+    precision = backends.resolve_precision(config["train"]["precision"])
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -126,10 +98,6 @@ def build_compiled(config: dict, *, num_classes: int, image_size: Sequence[int],
 
 
 # -- the run ---------------------------------------------------------------------------------
-
-def _one_hot(num_classes: int):
-    return lambda x, y: (x, tf.one_hot(y, num_classes))
-
 
 def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
           overrides: Sequence[str] = (), overwrite: bool = False, strategy: str = "auto",
@@ -148,6 +116,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     config = recipes.resolve(recipe, overrides, **flags)
     if config["recipe"]["picked"]:
         log(config["recipe"]["picked"])
+    if not backends.has_tensorflow():
+        _check_without_tensorflow(config, extra_augment_layers)
     strat = distribute.make_strategy(strategy, tpu)
     distribute.check_batch(config["train"]["batch_size"], strat)
     if distribute.is_multi_worker(strat):
@@ -166,7 +136,7 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     if not chief:  # its own scratch folder; a killed worker's is removed by the next one
         report.remove_dead_temporaries(tempfile.gettempdir(), WORKER_PREFIX)
     folder = run_folder if chief else Path(tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-"))
-    distributed = strat is not tf.distribute.get_strategy()
+    distributed = not distribute.is_default(strat)
     try:
         with strat.scope(), distribute.multi_worker_fit(strat):
             fitted = _fit(config, folder, run_folder, state, strat, chief, distributed,
@@ -174,8 +144,7 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
         if not chief:
             return fitted["recorder"].write(status="complete (worker)")
         return _finish(folder, **fitted, log=log)  # outside the strategy: one plain model
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-            tf.errors.AbortedError) as err:
+    except distribute.LOST_CONTACT as err:
         if not distribute.is_multi_worker(strat):
             raise
         raise RunError(f"Lost contact with another worker ({type(err).__name__}: "
@@ -189,17 +158,18 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
 def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief: bool,
          distributed: bool, extra_augment_layers, log, verbose) -> dict:
     """Build, restore and `model.fit` under `strat`; returns what `_finish` needs."""
-    t, d = config["train"], config["data"]
+    t = config["train"]
     keras.utils.set_random_seed(t["seed"])
     if t["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
+        backends.enable_determinism()
     splits, image_size = _load_data(config, log)
     steps_per_epoch = splits.num_train // t["batch_size"]
     if steps_per_epoch == 0:
         raise data_lib.DataError(f"batch_size {t['batch_size']} exceeds the {splits.num_train} training "
                                  "images; lower --batch-size or use more data.")
 
-    if distributed and t["jit_compile"] == "auto":  # XLA under strategies: not verified, off
+    if distributed and t["jit_compile"] == "auto" and backends.name() == "tensorflow":
+        # XLA under tf.distribute strategies: not verified, off (JAX always compiles)
         config = {**config, "train": {**t, "jit_compile": False}}
     model, _, precision = build_compiled(
         config, num_classes=splits.num_classes, image_size=image_size,
@@ -242,34 +212,20 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         f"{splits.num_classes} classes, epochs {initial_epoch + 1}-{total_epochs}, "
         f"{steps_per_epoch} steps each.")
 
-    fixed = splits.image_size == image_size
-    augmenter = augment_lib.build_augmenter(
-        {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
-        extra_layers=extra_augment_layers)
-    eval_ds = data_lib.eval_pipeline(
-        splits.test.map(_one_hot(splits.num_classes)), batch_size=t["batch_size"],
-        image_size=image_size, fixed_size=fixed, crop_fraction=d["eval_crop_fraction"] or None)
-
+    eval_ds, training_batches = _pipelines(config, splits, image_size, extra_augment_layers)
     recorder = runs.Recorder(folder, initial_epoch,
                            {"class_names": splits.class_names, "data": splits.source,
-                            "precision": precision, "num_train": splits.num_train,
+                            "backend": backends.name(), "precision": precision,
+                            "jit_compile": bool(model.jit_compile), "num_train": splits.num_train,
                             "num_test": splits.num_test, "strategy": distribute.describe(strat)},
                            history_from=run_folder)
     checkpoint = runs.CrashSafeCheckpoint(folder / "checkpoints", every_steps=t["checkpoint_every_steps"],
                                           every_minutes=t["checkpoint_every_minutes"])
-    callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint,
-                 keras.callbacks.TensorBoard(str(folder / "logs"))]
+    callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint]
+    if backends.has_tensorflow():  # Keras writes TensorBoard logs with tf.summary
+        callbacks.append(keras.callbacks.TensorBoard(str(folder / "logs")))
 
-    def training_batches(first_epoch: int, end_epoch: int = t["epochs"], first_step: int = 0) -> tf.data.Dataset:
-        """Passes `first_epoch..end_epoch-1` over the data (the "all" phase's epoch numbers),
-        the first from batch `first_step`."""
-        return data_lib.train_pipeline(
-            splits.train.map(_one_hot(splits.num_classes)), num_examples=splits.num_train,
-            batch_size=t["batch_size"], epochs=end_epoch, initial_epoch=first_epoch,
-            initial_step=first_step, seed=t["seed"], image_size=image_size, fixed_size=fixed,
-            augment=augmenter, random_resized_crop=config["augment"]["random_resized_crop"])
-
-    def fit(batches: tf.data.Dataset, first: int, end: int, done: int = 0) -> None:
+    def fit(batches, first: int, end: int, done: int = 0) -> None:
         """Epochs `first..end-1` of the current phase, the first from its step `done`."""
         checkpoint.start(phase.steps, done, saved_metrics if done else None)
         raw = []
@@ -304,7 +260,7 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         if len(plan) > 1:
             log(f"Phase 'all': epochs {first + 1}-{next_phase.end}.")
         if t["bn_mode"] == "frozen_stats" and first == next_phase.start and not done:
-            count = recalibrate_batch_norm(model, training_batches(0, 1).take(BN_RECALIBRATION_BATCHES))
+            count = recalibrate_batch_norm(model, itertools.islice(training_batches(0, 1), BN_RECALIBRATION_BATCHES))
             log(f"Re-estimated the BN statistics on {count} batches of the training images "
                 "(bn_mode frozen_stats).")
         if done:  # the rest of the epoch a resume came back into, then the phase's whole epochs
@@ -332,10 +288,59 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         # `fit` swaps the averages in when it ends; a run resumed after its last epoch skips `fit`.
         model.optimizer.finalize_variable_values(model.trainable_variables)
         if t["bn_mode"] == "train" and t["epochs"]:  # frozen statistics, or a probe's, stay as they are
-            bn_batches = training_batches(max(t["epochs"] - 1, 0), max(t["epochs"], 1)).take(
-                BN_RECALIBRATION_BATCHES)
+            bn_batches = itertools.islice(training_batches(max(t["epochs"] - 1, 0), max(t["epochs"], 1)),
+                                          BN_RECALIBRATION_BATCHES)
     return dict(config=config, model=model, recorder=recorder, splits=splits, image_size=image_size,
                 eval_ds=eval_ds, bn_batches=bn_batches, train_seconds=time.time() - started)
+
+
+def _check_without_tensorflow(config: dict, extra_augment_layers: Sequence[Callable]) -> None:
+    """Refuse, before the run folder is touched, what only the tf.data pipeline does."""
+    missing = [f"augment.{k}" for k in pydata.unsupported_augments(config["augment"])]
+    missing += ["extra_augment_layers"] * bool(extra_augment_layers)
+    missing += ["data.eval_crop_fraction"] * bool(config["data"]["eval_crop_fraction"])
+    if missing:
+        backends.require_tensorflow(", ".join(missing), "turn it off")
+
+
+def _pipelines(config: dict, splits: data_lib.Splits, image_size: tuple[int, int],
+               extra_augment_layers: Sequence[Callable]) -> tuple:
+    """The evaluation batches and `training_batches(first_epoch, end_epoch, first_step)`,
+    the passes over the training data from epoch `first_epoch`'s batch `first_step` to the
+    end of epoch `end_epoch - 1` (the phase's epoch numbers): tf.data pipelines where
+    TensorFlow is installed, `pydata` PyDatasets of in-memory arrays where it is not."""
+    t, d, classes = config["train"], config["data"], splits.num_classes
+    if isinstance(splits.train, pydata.Arrays):
+        if splits.image_size != image_size:
+            backends.require_tensorflow("data.image_size (a resize)", "resize the images beforehand")
+        eval_ds = pydata.EvalBatches(splits.test, num_classes=classes, batch_size=t["batch_size"])
+
+        def training_batches(first_epoch: int, end_epoch: int = t["epochs"], first_step: int = 0):
+            return pydata.TrainBatches(splits.train, num_classes=classes, batch_size=t["batch_size"],
+                                       seed=t["seed"], first_epoch=first_epoch, end_epoch=end_epoch,
+                                       first_step=first_step, augment=config["augment"])
+        return eval_ds, training_batches
+
+    import tensorflow as tf
+
+    def one_hot(x, y):
+        return x, tf.one_hot(y, classes)
+
+    fixed = splits.image_size == image_size
+    augmenter = augment_lib.build_augmenter(
+        {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
+        extra_layers=extra_augment_layers)
+    eval_ds = data_lib.eval_pipeline(
+        splits.test.map(one_hot), batch_size=t["batch_size"], image_size=image_size, fixed_size=fixed,
+        crop_fraction=d["eval_crop_fraction"] or None)
+
+    def training_batches(first_epoch: int, end_epoch: int = t["epochs"], first_step: int = 0):
+        return data_lib.train_pipeline(
+            splits.train.map(one_hot), num_examples=splits.num_train, batch_size=t["batch_size"],
+            epochs=end_epoch, initial_epoch=first_epoch, initial_step=first_step, seed=t["seed"],
+            image_size=image_size, fixed_size=fixed, augment=augmenter,
+            random_resized_crop=config["augment"]["random_resized_crop"])
+    return eval_ds, training_batches
 
 
 def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Splits, tuple[int, int]]:
@@ -354,7 +359,7 @@ def _load_data(config: dict, log: Callable[[str], None]) -> tuple[data_lib.Split
 
 
 def _finish(folder: Path, config: dict, model: keras.Model, recorder: runs.Recorder,
-            splits: data_lib.Splits, image_size, eval_ds, bn_batches: tf.data.Dataset | None, *,
+            splits: data_lib.Splits, image_size, eval_ds, bn_batches, *,
             train_seconds: float, log: Callable[[str], None]) -> dict:
     """BN statistics for averaged weights, final evaluation, model.keras (float32 whatever
     the training precision), plots."""
@@ -382,7 +387,7 @@ def _finish(folder: Path, config: dict, model: keras.Model, recorder: runs.Recor
     return metrics
 
 
-def recalibrate_batch_norm(model: keras.Model, batches: tf.data.Dataset) -> int:
+def recalibrate_batch_norm(model: keras.Model, batches) -> int:
     """Re-estimate the moving statistics of every trainable BN layer as the plain mean over
     `batches` ((images, labels) batches; forward passes in training mode, no weight update).
 
@@ -403,7 +408,7 @@ def recalibrate_batch_norm(model: keras.Model, batches: tf.data.Dataset) -> int:
         for count, (images, _) in enumerate(batches, 1):
             for bn in bns:  # weight 1/count for this batch: a running plain mean
                 bn.momentum = 1.0 - 1.0 / count
-            model(images, training=True)
+            model(np.asarray(images), training=True)
     finally:
         for bn, momentum, frozen in zip(bns, momenta, frozen_statistics):
             bn.momentum, bn.frozen_statistics = momentum, frozen

@@ -55,11 +55,11 @@ SMALL = ["train", "--recipe", "cifar10-fast", "--data", str(CIFAR_DIR), "--depth
          "--batch-size", "64"]
 
 
-def cli(*args, timeout=600) -> subprocess.CompletedProcess:
-    """`keras-resnet ARGS` in a real subprocess."""
+def cli(*args, timeout=600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`keras-resnet ARGS` in a real subprocess (`env`: variables to add, e.g. KERAS_BACKEND)."""
     return subprocess.run([sys.executable, "-m", "keras_resnet.cli", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:

@@ -1,5 +1,8 @@
+import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import CIFAR_DIR, ROOT
 
@@ -24,22 +27,28 @@ def test_quickstart_runs():
     assert "269,722 parameters" in result.stdout and "same predictions" in result.stdout
 
 
-def test_notebook_runs_top_to_bottom_on_local_data(tmp_path):
+def test_notebook_runs_top_to_bottom_on_local_data(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.read(ROOT / "examples" / "train_cifar10.ipynb", as_version=4)
     parameters = notebook.cells[1]
     assert parameters.source.startswith("# Parameters")
-    parameters.source = (f"DATA = {str(CIFAR_DIR)!r}\nRECIPE = 'cifar10-fast'\nEPOCHS = 1\n"
+    parameters.source = (f"BACKEND = 'jax'\nDATA = {str(CIFAR_DIR)!r}\nRECIPE = 'cifar10-fast'\nEPOCHS = 1\n"
                          f"MAX_TRAIN_SAMPLES = 512\nMAX_EVAL_SAMPLES = 200\n"
-                         f"OUTPUT = {str(tmp_path / 'run')!r}\nINSTALL = False")
+                         f"OUTPUT = {str(tmp_path / 'run')!r}\nINSTALL = False\nPACKAGE = ''")
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "resnet20_cifar 269,722 parameters" in outputs
-    assert "max |Δp| between SavedModel and Keras" in outputs
-    assert (tmp_path / "run" / "model.keras").is_file()
+    assert "max |Δp| between SavedModel and Keras (jax)" in outputs and "parity ok" in outputs
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["backend"] == "jax"
+
+    # The install cell, with nothing to install from: it says so and stops.
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")  # the cell sets it; monkeypatch restores it
+    with pytest.raises(SystemExit, match="Set PACKAGE in the parameters cell"):
+        exec(notebook.cells[1].source.replace("INSTALL = False", "INSTALL = True") + "\n"
+             + notebook.cells[2].source, {})
 
 
 def test_python_and_folder_training_scripts(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from keras_resnet import recipes, training
+from keras_resnet import backends, recipes, training
 from conftest import CIFAR_DIR
 
 
@@ -113,7 +113,7 @@ def test_a_weight_records_crop_is_applied_at_its_eval_size_and_zero_means_no_cro
      r"model.bn_weight_decay must be >= 0"),
     (lambda: recipes.parse_override("epochs=3"), r"section.field=value"),
     (lambda: recipes.resolve("cifar10-fast", bogus=1), r"Unknown option"),
-    (lambda: training.resolve_precision("fp8"), r"train.precision"),
+    (lambda: backends.resolve_precision("fp8"), r"train.precision"),
 ])
 def test_bad_recipes_are_clear_errors(call, match):
     with pytest.raises(recipes.RecipeError, match=match):

@@ -50,9 +50,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 FIVE = '["dog", "frog", "horse", "ship", "truck"]'
 
 
-def killed_at(point: str, args: list[str]) -> None:
+def killed_at(point: str, args: list[str], backend: str = "tensorflow") -> None:
     result = subprocess.run([sys.executable, "-c", KILLER, *args], cwd=ROOT, capture_output=True, text=True,
-                            env={**ENV, "KILL_AT": point}, timeout=600)
+                            env={**ENV, "KILL_AT": point, "KERAS_BACKEND": backend}, timeout=600)
     assert result.returncode == -9, f"not killed at {point}: rc {result.returncode}\n{result.stderr[-2000:]}"
 
 

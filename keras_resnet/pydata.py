@@ -1,0 +1,167 @@
+"""The input path without TensorFlow: images as numpy arrays, batched by Keras `PyDataset`s.
+
+Where TensorFlow is installed, `data` builds tf.data pipelines and every backend takes them.
+Where it is not, `train` reads image folders (decoded once with Pillow) and `.npz` arrays
+into memory, and these datasets batch them with the CIFAR recipes' augmentations (pad-crop,
+horizontal flip). As in `data.train_pipeline`, a batch depends on (seed, epoch, step) alone:
+a run resumed at any step sees the batches the run that never stopped saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+
+# The augment fields this path implements; the others need tf.data (`data.train_pipeline`).
+AUGMENTS = ("pad_crop", "flip")
+
+
+@dataclasses.dataclass
+class Arrays:
+    """One split in memory: uint8 NHWC images and int32 labels."""
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def decode_files(paths: list[str], size: tuple[int, int] | None = None
+                 ) -> tuple[list[np.ndarray | None], list[str]]:
+    """Every file as a uint8 HxWx3 array (bilinear-resized to `size` if given; None where
+    the file cannot be decoded), and the paths that could not."""
+    from PIL import Image, UnidentifiedImageError
+
+    def one(path):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if size and image.size != (size[1], size[0]):
+                    image = image.resize((size[1], size[0]), Image.BILINEAR)
+                return np.asarray(image, np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError):
+            return None
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        images = list(pool.map(one, paths, chunksize=256))
+    return images, [p for p, image in zip(paths, images) if image is None]
+
+
+def load_npz(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
+    """(train, test) from a `.npz` holding x_train, y_train, x_test, y_test (the layout of
+    `keras.datasets`): uint8 NHWC images, integer labels."""
+    from keras_resnet.data import DataError
+
+    try:
+        with np.load(path) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"{path} lacks {', '.join(missing)}: an .npz for --data holds x_train, "
+                                "y_train, x_test, y_test (uint8 NHWC images, integer labels).")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not a readable .npz file ({err}).") from err
+    splits = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
+        if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y) or x.dtype != np.uint8:
+            raise DataError(f"{path}: x_{split} must be uint8 images of shape (N, H, W, 3) with one "
+                            f"label each; it is {x.dtype} {x.shape} with {len(y)} labels.")
+        splits.append(Arrays(x, y.astype(np.int32)))
+    return splits[0], splits[1]
+
+
+def npz_shape(path: str | os.PathLike, key: str) -> tuple[int, ...]:
+    """The shape of array `key` in a `.npz`, read from its header (nothing else loaded)."""
+    import zipfile
+
+    from keras_resnet.data import DataError
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            return np.lib.format._read_array_header(f, version)[0]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} is not an .npz holding {key} ({type(err).__name__}); an .npz for "
+                        "--data holds x_train, y_train, x_test, y_test.") from err
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
+    """Pad-crop (zero padding, an offset per image) and horizontal flip (half the images)."""
+    n, height, width, _ = images.shape
+    if pad:
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
+        rows = offsets[:, :1] + np.arange(height)[None]
+        cols = offsets[:, 1:] + np.arange(width)[None]
+        images = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        images = np.where(mirror[:, None, None, None], images[:, :, ::-1], images)
+    return images
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Batches `first_step..` of epoch `first_epoch` through the last step of epoch
+    `end_epoch - 1`, as one sequence (`model.fit` with `steps_per_epoch` reads it across
+    epochs): each epoch shuffled with `seed + epoch`, each batch augmented with a generator
+    seeded by (seed, epoch, step). Images float32 [0, 255], labels one-hot."""
+
+    def __init__(self, split: Arrays, *, num_classes: int, batch_size: int, seed: int,
+                 first_epoch: int, end_epoch: int, first_step: int = 0, augment: dict | None = None):
+        super().__init__()
+        self.split, self.num_classes, self.batch_size, self.seed = split, num_classes, batch_size, seed
+        self.steps_per_epoch = len(split.labels) // batch_size
+        self.start = first_epoch * self.steps_per_epoch + first_step
+        self.end = end_epoch * self.steps_per_epoch
+        augment = augment or {}
+        self.pad, self.flip = int(augment.get("pad_crop", 0)), bool(augment.get("flip", False))
+        self._order = (None, None)
+
+    def __len__(self) -> int:
+        return max(self.end - self.start, 0)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        epoch, step = divmod(self.start + index, self.steps_per_epoch)
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.split.labels)))
+        pick = self._order[1][step * self.batch_size:(step + 1) * self.batch_size]
+        images = self.split.images[pick]
+        if self.pad or self.flip:
+            images = _augment(images, np.random.default_rng([self.seed, epoch, step, 1]), self.pad, self.flip)
+        return images.astype(np.float32), one_hot(self.split.labels[pick], self.num_classes)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class EvalBatches(keras.utils.PyDataset):
+    """The split in order, unaugmented, in batches (the last one smaller)."""
+
+    def __init__(self, split: Arrays, *, num_classes: int, batch_size: int):
+        super().__init__()
+        self.split, self.num_classes, self.batch_size = split, num_classes, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.split.labels) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return (self.split.images[part].astype(np.float32),
+                one_hot(self.split.labels[part], self.num_classes))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def unsupported_augments(fields: dict) -> list[str]:
+    """The recipe's augment fields that are on and that this path does not implement."""
+    return [k for k, v in fields.items() if k not in AUGMENTS and v]
