@@ -399,11 +399,11 @@ def load_npz(path: str, *, max_train_samples: int | None = None, max_eval_sample
     if not len(train.labels) or not len(test.labels):
         raise DataError(f"{path} has no images left in its train or test split (classes {classes}).")
     mean, std = channel_stats(train.images[:10_000])
+    counts, size = (len(train.labels), len(test.labels)), tuple(train.images.shape[1:3])
     if tf is not None:
         train, test = (tf.data.Dataset.from_tensor_slices((a.images, a.labels)) for a in (train, test))
-    n_train, n_test = len(chosen[0].labels), len(chosen[1].labels)
-    return Splits(train, test, [available[i] for i in picked], n_train, n_test,
-                  tuple(chosen[0].images.shape[1:3]), mean, std, source=f"npz:{path}")
+    return Splits(train, test, [available[i] for i in picked], *counts, size, mean, std,
+                  source=f"npz:{path}")
 
 
 def load(data: str, **kwargs) -> Splits:

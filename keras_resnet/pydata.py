@@ -101,7 +101,14 @@ def _augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool)
     return images
 
 
-class TrainBatches(keras.utils.PyDataset):
+class _Batches(keras.utils.PyDataset):
+    """Iterable in order too (evaluation and BN re-estimation read batches with `for`)."""
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+class TrainBatches(_Batches):
     """Batches `first_step..` of epoch `first_epoch` through the last step of epoch
     `end_epoch - 1`, as one sequence (`model.fit` with `steps_per_epoch` reads it across
     epochs): each epoch shuffled with `seed + epoch`, each batch augmented with a generator
@@ -133,11 +140,8 @@ class TrainBatches(keras.utils.PyDataset):
             images = _augment(images, np.random.default_rng([self.seed, epoch, step, 1]), self.pad, self.flip)
         return images.astype(np.float32), one_hot(self.split.labels[pick], self.num_classes)
 
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
 
-
-class EvalBatches(keras.utils.PyDataset):
+class EvalBatches(_Batches):
     """The split in order, unaugmented, in batches (the last one smaller)."""
 
     def __init__(self, split: Arrays, *, num_classes: int, batch_size: int):
@@ -154,12 +158,11 @@ class EvalBatches(keras.utils.PyDataset):
         return (self.split.images[part].astype(np.float32),
                 one_hot(self.split.labels[part], self.num_classes))
 
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.eye(num_classes, dtype=np.float32)[labels]
+    out = np.zeros((len(labels), num_classes), np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
 
 
 def unsupported_augments(fields: dict) -> list[str]:
