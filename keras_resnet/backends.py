@@ -61,6 +61,16 @@ def gpu_capability() -> tuple[int, int] | None:
     return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0)))
 
 
+def accelerator() -> str | None:
+    """"gpu" or "tpu" when the backend's default device is one; None on a CPU."""
+    if name() == "jax":
+        import jax
+
+        platform = jax.devices()[0].platform
+        return platform if platform in ("gpu", "tpu") else None
+    return "gpu" if gpu_capability() is not None else None
+
+
 def cpu_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers
 
 from keras_resnet import converters, weights as weights_lib
@@ -95,6 +96,41 @@ def build(
     if plan.checkpoint is not None:
         converters.load(model, plan.checkpoint)
     return model
+
+
+def reinitialize(layers_: Sequence[layers.Layer], seed: int) -> None:
+    """Draw every kernel that a `VarianceScaling` initializer (He normal, Glorot uniform ...)
+    filled again, from NumPy seeded with `seed`: the same initial weights on every backend.
+
+    A Keras seed gives each backend different draws; `train` calls this so that a recipe's
+    seed starts TensorFlow, JAX and PyTorch from one model. Sub-layers are included; other
+    variables (zero-initialized kernels, BN) are left as they are.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in (sub for top in layers_ for sub in top._flatten_layers()):
+        init = getattr(layer, "kernel_initializer", None)
+        if isinstance(init, keras.initializers.VarianceScaling) and getattr(layer, "kernel", None) is not None:
+            layer.kernel.assign(_variance_scaling(rng, init, tuple(layer.kernel.shape)))
+
+
+def _variance_scaling(rng: np.random.Generator, init: keras.initializers.VarianceScaling,
+                      shape: tuple[int, ...]) -> np.ndarray:
+    """Keras's `VarianceScaling` draw (same fans, scale and distribution) with `rng`."""
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    fan_in, fan_out = (shape[-2] * receptive, shape[-1] * receptive) if len(shape) > 1 else (shape[0],) * 2
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[init.mode]
+    variance = init.scale / max(1.0, fan)
+    if init.distribution == "uniform":
+        limit = math.sqrt(3.0 * variance)
+        return rng.uniform(-limit, limit, shape).astype("float32")
+    if init.distribution == "untruncated_normal":
+        return (rng.standard_normal(shape) * math.sqrt(variance)).astype("float32")
+    values = rng.standard_normal(shape)  # truncated at 2 std, as Keras (std corrected for it)
+    outside = np.abs(values) > 2.0
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > 2.0
+    return (values * (math.sqrt(variance) / 0.87962566103423978)).astype("float32")
 
 
 def default_name(depth: int, variant: str, spec: ResNetSpec) -> str:

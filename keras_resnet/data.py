@@ -322,6 +322,14 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(map(float, flat.mean(0))), tuple(map(float, flat.std(0)))
 
 
+def require_tfds(data: str) -> None:
+    """Refuse the TFDS dataset `data` where TensorFlow (which reads it) is not installed."""
+    if tf is None:
+        raise DataError(f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed. "
+                        "Convert it once where TensorFlow is (docs/training.md, 'Without TensorFlow') "
+                        "and pass the .npz, or pass an image folder: --data FOLDER.")
+
+
 def is_folder(data: str) -> bool:
     """A path (it exists or looks like one) rather than a TFDS name."""
     return os.sep in data or data.startswith(".") or Path(data).exists()
@@ -337,6 +345,7 @@ def peek_image_side(data: str, data_dir: str | None = None) -> int:
         if first is None:
             load_image_folder(data)  # raises the precise error about the layout
         return _peek_side(str(first))
+    require_tfds(data)
     import tensorflow_datasets as tfds
 
     try:
@@ -363,6 +372,7 @@ def count_train(data: str, data_dir: str | None = None, classes: list[str] | Non
         total = sum(1 for name in names for f in (train_dir / name).iterdir()
                     if f.suffix.lower() in IMAGE_EXTENSIONS)
     else:
+        require_tfds(data)
         import tensorflow_datasets as tfds
 
         try:
@@ -414,10 +424,7 @@ def load(data: str, **kwargs) -> Splits:
     if is_folder(data):
         kwargs.pop("data_dir", None)
         return load_image_folder(data, **kwargs)
-    if tf is None:
-        raise DataError(f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed. "
-                        "Convert it once where TensorFlow is (docs/training.md, 'Without TensorFlow') "
-                        "and pass the .npz, or pass an image folder: --data FOLDER.")
+    require_tfds(data)
     kwargs.pop("cache_dir", None)
     return load_tfds(data, **kwargs)
 
@@ -437,6 +444,17 @@ def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
         image = tf.image.resize(image, resized, antialias=True)
         return tf.image.resize_with_crop_or_pad(image, size[0], size[1])
     return tf.image.resize(image, size) if image.shape[:2] != tuple(size) else image
+
+
+def with_one_hot(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
+    """(image, label) pairs with one-hot float labels."""
+    return ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+
+
+def to_arrays(ds: tf.data.Dataset, count: int) -> pydata.Arrays:
+    """A split of fixed-size images (`Splits.train`) in memory as `pydata.Arrays`."""
+    images, labels = next(ds.batch(count).as_numpy_iterator())
+    return pydata.Arrays(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
 
 
 def prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -5,6 +5,9 @@ Where it is not, `train` reads image folders (decoded once with Pillow) and `.np
 into memory, and these datasets batch them with the CIFAR recipes' augmentations (pad-crop,
 horizontal flip). As in `data.train_pipeline`, a batch depends on (seed, epoch, step) alone:
 a run resumed at any step sees the batches the run that never stopped saw.
+
+`DeviceTrainBatches` makes the same batches from a training set held in accelerator memory
+(`data.on_device`, on every backend's tensors), for GPUs that NumPy batching would starve.
 """
 
 from __future__ import annotations
@@ -86,19 +89,23 @@ def npz_shape(path: str | os.PathLike, key: str) -> tuple[int, ...]:
                         "--data holds x_train, y_train, x_test, y_test.") from err
 
 
-def _augment(images: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
-    """Pad-crop (zero padding, an offset per image) and horizontal flip (half the images)."""
-    n, height, width, _ = images.shape
+def crop_flip_indices(n: int, height: int, width: int, rng: np.random.Generator, pad: int,
+                      flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (n, height) and columns (n, width) of each image's pad-crop (an offset per
+    image into the zero-padded image) and horizontal flip (half the images, columns reversed)."""
+    rows = np.broadcast_to(np.arange(height), (n, height))
+    cols = np.broadcast_to(np.arange(width), (n, width))
     if pad:
-        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         offsets = rng.integers(0, 2 * pad + 1, size=(n, 2))
-        rows = offsets[:, :1] + np.arange(height)[None]
-        cols = offsets[:, 1:] + np.arange(width)[None]
-        images = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        rows, cols = offsets[:, :1] + rows, offsets[:, 1:] + cols
     if flip:
-        mirror = rng.random(n) < 0.5
-        images = np.where(mirror[:, None, None, None], images[:, :, ::-1], images)
-    return images
+        cols = np.where((rng.random(n) < 0.5)[:, None], cols[:, ::-1], cols)
+    return rows, cols
+
+
+def pad_images(images: np.ndarray, pad: int) -> np.ndarray:
+    """NHWC `images` with `pad` zero pixels on every side."""
+    return np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else images
 
 
 class _Batches(keras.utils.PyDataset):
@@ -128,17 +135,57 @@ class TrainBatches(_Batches):
     def __len__(self) -> int:
         return max(self.end - self.start, 0)
 
-    def __getitem__(self, index: int):
+    def _batch(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Batch `index`'s image numbers and, when augmenting, their crop rows and columns."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         epoch, step = divmod(self.start + index, self.steps_per_epoch)
         if self._order[0] != epoch:
             self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.split.labels)))
         pick = self._order[1][step * self.batch_size:(step + 1) * self.batch_size]
+        if not (self.pad or self.flip):
+            return pick, None, None
+        _, height, width, _ = self.split.images.shape
+        rng = np.random.default_rng([self.seed, epoch, step, 1])
+        return pick, *crop_flip_indices(len(pick), height, width, rng, self.pad, self.flip)
+
+    def __getitem__(self, index: int):
+        pick, rows, cols = self._batch(index)
         images = self.split.images[pick]
-        if self.pad or self.flip:
-            images = _augment(images, np.random.default_rng([self.seed, epoch, step, 1]), self.pad, self.flip)
+        if rows is not None:
+            images = pad_images(images, self.pad)[np.arange(len(pick))[:, None, None], rows[:, :, None],
+                                                  cols[:, None, :]]
         return images.astype(np.float32), one_hot(self.split.labels[pick], self.num_classes)
+
+
+class DeviceTrainBatches(TrainBatches):
+    """`TrainBatches` with the training set in accelerator memory: `images` and `labels`
+    are `upload`'s tensors, and each batch is gathered, cropped and flipped there with
+    `keras.ops`, so that the host sends only indices. The batches equal `TrainBatches`'s
+    (the same draws from the same generators)."""
+
+    def __init__(self, split: Arrays, uploaded: tuple, **kwargs):
+        super().__init__(split, **kwargs)
+        self.images, self.labels = uploaded
+
+    def __getitem__(self, index: int):
+        ops = keras.ops
+        pick, rows, cols = self._batch(index)
+        images = ops.take(self.images, pick, axis=0)
+        if rows is not None:
+            n, (_, padded_width, channels) = len(pick), self.images.shape[1:]
+            rows = ops.broadcast_to(rows[:, :, None, None], (n, rows.shape[1], padded_width, channels))
+            images = ops.take_along_axis(images, rows, axis=1)
+            cols = ops.broadcast_to(cols[:, None, :, None], (n, rows.shape[1], cols.shape[1], channels))
+            images = ops.take_along_axis(images, cols, axis=2)
+        labels = ops.one_hot(ops.take(self.labels, pick, axis=0), self.num_classes)
+        return ops.cast(images, "float32"), labels
+
+
+def upload(split: Arrays, pad: int) -> tuple:
+    """`split`'s images (zero-padded by `pad` for pad-crop) and labels as backend tensors on
+    the default device, for `DeviceTrainBatches`."""
+    return keras.ops.convert_to_tensor(pad_images(split.images, pad)), keras.ops.convert_to_tensor(split.labels)
 
 
 class EvalBatches(_Batches):

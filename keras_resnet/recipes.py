@@ -42,7 +42,8 @@ DEFAULTS: dict[str, dict] = {
     "recipe": {"name": "", "description": "", "picked": ""},
     "model": _model_defaults(),
     "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0], "classes": [],
-             "eval_crop_fraction": -1.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0},
+             "eval_crop_fraction": -1.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0,
+             "on_device": "auto"},
     "augment": dict(augment.DEFAULTS),
     "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "reference_batch": 128,
               "momentum": 0.9, "nesterov": False, "schedule": "onecycle",
@@ -74,6 +75,7 @@ FLAG_FIELDS = {
 
 
 # Allowed values of numeric fields: (test, what the error says it must be).
+AUTO_OR_BOOL = ("jit_compile", "on_device")  # "auto", or true/false to force it
 RANGES = {
     "epochs": (lambda v: v >= 0, "at least 1 (0: the head phase alone, a linear probe)"),
     "batch_size": (lambda v: v >= 1, "at least 1"),
@@ -125,6 +127,10 @@ def available() -> dict[str, str]:
 
 
 def _check_value(section: str, key: str, value, default):
+    if key in AUTO_OR_BOOL:
+        if not (value == "auto" or isinstance(value, bool)):
+            raise RecipeError(f"{section}.{key} must be 'auto', true or false, got {value!r}.")
+        return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -298,8 +304,6 @@ def check(config: dict) -> dict:
     for key, allowed in choices.items():
         if t[key] not in allowed:
             raise RecipeError(f"train.{key} must be one of {', '.join(allowed)}; got {t[key]!r}.")
-    if t["jit_compile"] not in ("auto", True, False):
-        raise RecipeError(f"train.jit_compile must be 'auto', true or false, got {t['jit_compile']!r}.")
     from keras_resnet.finetune import BN_MODES
 
     if t["bn_mode"] not in BN_MODES:

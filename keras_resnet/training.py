@@ -21,11 +21,12 @@ import numpy as np
 
 from keras_resnet import (augment as augment_lib, backends, data as data_lib, distribute, evaluation, finetune,
                           pydata, recipes, report, runs, schedules)
-from keras_resnet.builder import build
+from keras_resnet.builder import build, reinitialize
 from keras_resnet.runs import RunError
 
 WORKER_PREFIX = "keras-resnet-worker-"
 BN_RECALIBRATION_BATCHES = 100  # training batches that re-estimate BN statistics after EMA
+ON_DEVICE_MAX_BYTES = 4 << 30  # data.on_device "auto": the padded training images at most this
 
 
 # -- the model and its compiled step ---------------------------------------------------------
@@ -33,12 +34,17 @@ BN_RECALIBRATION_BATCHES = 100  # training batches that re-estimate BN statistic
 def build_model(config: dict, *, num_classes: int, image_size: Sequence[int],
                 normalization=None) -> keras.Model:
     """The recipe's model: from scratch with `normalization` (the data's mean, std) inside,
-    or on `model.weights` with a new head (`finetune.build_pretrained`)."""
+    or on `model.weights` with a new head (`finetune.build_pretrained`). New kernels are drawn
+    from `train.seed` alike on every backend (`reinitialize`)."""
     kwargs = recipes.build_kwargs(config)
     if kwargs.pop("weights"):
-        return finetune.build_pretrained(config, num_classes=num_classes, image_size=image_size)
-    return build(num_classes=num_classes, input_shape=(*image_size, 3), normalization=normalization,
-                 **kwargs)
+        model = finetune.build_pretrained(config, num_classes=num_classes, image_size=image_size)
+        reinitialize([model.get_layer(finetune.HEAD)], config["train"]["seed"])
+        return model
+    model = build(num_classes=num_classes, input_shape=(*image_size, 3), normalization=normalization,
+                  **kwargs)
+    reinitialize([model], config["train"]["seed"])
+    return model
 
 
 def compile_model(model: keras.Model, config: dict, steps_per_epoch: int,
@@ -102,14 +108,16 @@ def build_compiled(config: dict, *, num_classes: int, image_size: Sequence[int],
 def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
           overrides: Sequence[str] = (), overwrite: bool = False, strategy: str = "auto",
           tpu: str | None = None, extra_augment_layers: Sequence[Callable] = (),
-          log: Callable[[str], None] = print, verbose: int = 2, **flags) -> dict:
+          callbacks: Sequence[keras.callbacks.Callback] = (), log: Callable[[str], None] = print,
+          verbose: int = 2, **flags) -> dict:
     """Train with `model.fit` into the run folder `output` (default `runs.default_folder`);
     returns metrics.json's content.
 
     Running the same call again resumes after the last completed epoch (or returns at once
     when the run is complete). `strategy` is one of `distribute.STRATEGIES` (`tpu`: its
-    address); `batch_size` is global. Under multi-worker, every worker runs the same call;
-    only the chief writes `output`, the others work in a temporary folder they remove.
+    address); `batch_size` is global. `callbacks` (Keras callbacks) join the package's in
+    every `fit`. Under multi-worker, every worker runs the same call; only the chief writes
+    `output`, the others work in a temporary folder they remove.
     `flags` are depth, variant, data, data_dir, epochs, batch_size, max_train_samples,
     max_eval_samples, seed, precision, lr.
     """
@@ -122,6 +130,7 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     distribute.check_batch(config["train"]["batch_size"], strat)
     if distribute.is_multi_worker(strat):
         distribute.check_multi_worker_keras()  # before the run folder is touched
+    _on_device_blockers(config, extra_augment_layers, not distribute.is_default(strat))
     chief = distribute.is_chief(strat)
     run_folder = Path(output or runs.default_folder(recipe))
     if chief:
@@ -140,7 +149,7 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     try:
         with strat.scope(), distribute.multi_worker_fit(strat):
             fitted = _fit(config, folder, run_folder, state, strat, chief, distributed,
-                          extra_augment_layers, log, verbose)
+                          extra_augment_layers, callbacks, log, verbose)
         if not chief:
             return fitted["recorder"].write(status="complete (worker)")
         return _finish(folder, **fitted, log=log)  # outside the strategy: one plain model
@@ -156,7 +165,7 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
 
 
 def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief: bool,
-         distributed: bool, extra_augment_layers, log, verbose) -> dict:
+         distributed: bool, extra_augment_layers, user_callbacks, log, verbose) -> dict:
     """Build, restore and `model.fit` under `strat`; returns what `_finish` needs."""
     t = config["train"]
     keras.utils.set_random_seed(t["seed"])
@@ -207,21 +216,24 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     initial_step = distribute.agree(strat, initial_step, "the step to resume from")
     if initial_epoch or initial_step:
         log(f"Resuming from epoch {initial_epoch + 1}" + (f", step {initial_step + 1}" if initial_step else ""))
+    on_device = _on_device(config, splits, image_size, extra_augment_layers, distributed)
     log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
-        f"{distribute.describe(strat)}) on {splits.num_train} images of {splits.source}, "
+        f"{distribute.describe(strat)}) on {splits.num_train} images of {splits.source}"
+        f"{' (in accelerator memory)' if on_device else ''}, "
         f"{splits.num_classes} classes, epochs {initial_epoch + 1}-{total_epochs}, "
         f"{steps_per_epoch} steps each.")
 
-    eval_ds, training_batches = _pipelines(config, splits, image_size, extra_augment_layers)
+    eval_ds, training_batches = _pipelines(config, splits, image_size, extra_augment_layers, on_device)
     recorder = runs.Recorder(folder, initial_epoch,
                            {"class_names": splits.class_names, "data": splits.source,
                             "backend": backends.name(), "precision": precision,
-                            "jit_compile": bool(model.jit_compile), "num_train": splits.num_train,
+                            "jit_compile": bool(model.jit_compile), "data_on_device": on_device,
+                            "num_train": splits.num_train,
                             "num_test": splits.num_test, "strategy": distribute.describe(strat)},
                            history_from=run_folder)
     checkpoint = runs.CrashSafeCheckpoint(folder / "checkpoints", every_steps=t["checkpoint_every_steps"],
                                           every_minutes=t["checkpoint_every_minutes"])
-    callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint]
+    callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint, *user_callbacks]
     if backends.has_tensorflow():  # Keras writes TensorBoard logs with tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(folder / "logs")))
 
@@ -299,46 +311,84 @@ def _check_without_tensorflow(config: dict, extra_augment_layers: Sequence[Calla
     missing = [f"augment.{k}" for k in pydata.unsupported_augments(config["augment"])]
     missing += ["extra_augment_layers"] * bool(extra_augment_layers)
     missing += ["data.eval_crop_fraction"] * bool(config["data"]["eval_crop_fraction"])
+    name = config["data"]["name"]
+    if not name.endswith(".npz") and not data_lib.is_folder(name):
+        data_lib.require_tfds(name)
     if missing:
         backends.require_tensorflow(", ".join(missing), "turn it off")
 
 
+def _on_device_blockers(config: dict, extra_augment_layers: Sequence[Callable], distributed: bool,
+                        resize: bool = False) -> list[str]:
+    """What keeps the training set from accelerator memory (`data.on_device`); with
+    `data.on_device = true`, refused in one line before the run folder is touched."""
+    blockers = [f"augment.{k}" for k in pydata.unsupported_augments(config["augment"])]
+    blockers += ["extra_augment_layers"] * bool(extra_augment_layers)
+    blockers += ["data.image_size (a resize)"] * resize
+    blockers += ["--strategy (several devices)"] * distributed
+    blockers += [f"the {backends.name()} backend (tf.data feeds it)"] * (backends.name() == "tensorflow")
+    if blockers and config["data"]["on_device"] is True:
+        raise recipes.RecipeError(f"data.on_device=true cannot be used with {', '.join(blockers)}: set "
+                                  "data.on_device to 'auto' or false, or run on KERAS_BACKEND=jax or torch "
+                                  "with pad-crop/flip augmentation only.")
+    return blockers
+
+
+def _on_device(config: dict, splits: data_lib.Splits, image_size: tuple[int, int],
+               extra_augment_layers: Sequence[Callable], distributed: bool) -> bool:
+    """`data.on_device`: false never; true always (a CPU too); "auto" on a GPU or TPU under
+    JAX or PyTorch when only pad-crop/flip augment the data and the padded training images
+    take at most `ON_DEVICE_MAX_BYTES`."""
+    setting = config["data"]["on_device"]
+    if setting is False:
+        return False
+    blockers = _on_device_blockers(config, extra_augment_layers, distributed, splits.image_size != image_size)
+    if setting is True:
+        return True
+    pad = config["augment"]["pad_crop"]
+    nbytes = splits.num_train * (image_size[0] + 2 * pad) * (image_size[1] + 2 * pad) * 3
+    return not blockers and backends.accelerator() is not None and nbytes <= ON_DEVICE_MAX_BYTES
+
+
 def _pipelines(config: dict, splits: data_lib.Splits, image_size: tuple[int, int],
-               extra_augment_layers: Sequence[Callable]) -> tuple:
+               extra_augment_layers: Sequence[Callable], on_device: bool) -> tuple:
     """The evaluation batches and `training_batches(first_epoch, end_epoch, first_step)`,
     the passes over the training data from epoch `first_epoch`'s batch `first_step` to the
     end of epoch `end_epoch - 1` (the phase's epoch numbers): tf.data pipelines where
-    TensorFlow is installed, `pydata` PyDatasets of in-memory arrays where it is not."""
+    TensorFlow is installed, `pydata` PyDatasets of in-memory arrays where it is not, and
+    `pydata.DeviceTrainBatches` when `on_device`."""
     t, d, classes = config["train"], config["data"], splits.num_classes
-    if isinstance(splits.train, pydata.Arrays):
+    if isinstance(splits.test, pydata.Arrays):
         if splits.image_size != image_size:
             backends.require_tensorflow("data.image_size (a resize)", "resize the images beforehand")
         eval_ds = pydata.EvalBatches(splits.test, num_classes=classes, batch_size=t["batch_size"])
+    else:
+        eval_ds = data_lib.eval_pipeline(
+            data_lib.with_one_hot(splits.test, classes), batch_size=t["batch_size"], image_size=image_size,
+            fixed_size=splits.image_size == image_size, crop_fraction=d["eval_crop_fraction"] or None)
+
+    if isinstance(splits.train, pydata.Arrays) or on_device:
+        train = splits.train if isinstance(splits.train, pydata.Arrays) else data_lib.to_arrays(
+            splits.train, splits.num_train)
+        uploaded = pydata.upload(train, config["augment"]["pad_crop"]) if on_device else None
 
         def training_batches(first_epoch: int, end_epoch: int = t["epochs"], first_step: int = 0):
-            return pydata.TrainBatches(splits.train, num_classes=classes, batch_size=t["batch_size"],
-                                       seed=t["seed"], first_epoch=first_epoch, end_epoch=end_epoch,
-                                       first_step=first_step, augment=config["augment"])
+            kind, args = (pydata.DeviceTrainBatches, (uploaded,)) if on_device else (pydata.TrainBatches, ())
+            return kind(train, *args, num_classes=classes, batch_size=t["batch_size"], seed=t["seed"],
+                        first_epoch=first_epoch, end_epoch=end_epoch, first_step=first_step,
+                        augment=config["augment"])
         return eval_ds, training_batches
 
-    import tensorflow as tf
-
-    def one_hot(x, y):
-        return x, tf.one_hot(y, classes)
-
-    fixed = splits.image_size == image_size
     augmenter = augment_lib.build_augmenter(
         {k: v for k, v in config["augment"].items() if k != "random_resized_crop"},
         extra_layers=extra_augment_layers)
-    eval_ds = data_lib.eval_pipeline(
-        splits.test.map(one_hot), batch_size=t["batch_size"], image_size=image_size, fixed_size=fixed,
-        crop_fraction=d["eval_crop_fraction"] or None)
 
     def training_batches(first_epoch: int, end_epoch: int = t["epochs"], first_step: int = 0):
         return data_lib.train_pipeline(
-            splits.train.map(one_hot), num_examples=splits.num_train, batch_size=t["batch_size"],
-            epochs=end_epoch, initial_epoch=first_epoch, initial_step=first_step, seed=t["seed"],
-            image_size=image_size, fixed_size=fixed, augment=augmenter,
+            data_lib.with_one_hot(splits.train, classes), num_examples=splits.num_train,
+            batch_size=t["batch_size"], epochs=end_epoch, initial_epoch=first_epoch,
+            initial_step=first_step, seed=t["seed"], image_size=image_size,
+            fixed_size=splits.image_size == image_size, augment=augmenter,
             random_resized_crop=config["augment"]["random_resized_crop"])
     return eval_ds, training_batches
 
@@ -399,8 +449,8 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
     momenta = [bn.momentum for bn in bns]
     frozen_statistics = [getattr(bn, "frozen_statistics", False) for bn in bns]
     for bn in bns:
-        bn.moving_mean.assign(keras.ops.zeros_like(bn.moving_mean))
-        bn.moving_variance.assign(keras.ops.ones_like(bn.moving_variance))
+        bn.moving_mean.assign(keras.ops.zeros(bn.moving_mean.shape, bn.moving_mean.dtype))
+        bn.moving_variance.assign(keras.ops.ones(bn.moving_variance.shape, bn.moving_variance.dtype))
     count = 0
     try:
         for bn in bns:
@@ -408,7 +458,7 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
         for count, (images, _) in enumerate(batches, 1):
             for bn in bns:  # weight 1/count for this batch: a running plain mean
                 bn.momentum = 1.0 - 1.0 / count
-            model(np.asarray(images), training=True)
+            model(images if keras.ops.is_tensor(images) else np.asarray(images), training=True)
     finally:
         for bn, momentum, frozen in zip(bns, momenta, frozen_statistics):
             bn.momentum, bn.frozen_statistics = momentum, frozen

@@ -24,6 +24,27 @@ def test_gpu_benchmark_smoke_on_cpu():
     assert summary["cifar_resnet56"]["seconds_per_50k_epoch"] > 0
 
 
+def test_gpu_benchmark_trains_a_cifar_recipe_end_to_end_with_the_data_on_the_device(tmp_path):
+    """`--cifar-train` on JAX: a real `train` run from an image folder (read by tf.data here,
+    then put on the device), scored every epoch, with the time to each target."""
+    data = small_cifar_folder(tmp_path / "cifar", per_class=10)
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--cifar-train", str(data), "--depth", "8", "--epochs", "2",
+         "--set", "train.batch_size=20", "--set", "data.on_device=true", "--target", "0.01", "0.99",
+         "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads(result.stdout)["cifar_train"]
+    assert run["data_on_device"] is True and run["jit_compile"] is True and run["epochs"] == 2
+    assert [e["epoch"] for e in run["per_epoch"]] == [1, 2]
+    assert all(0 <= e["accuracy"] <= 1 for e in run["per_epoch"])
+    assert 0 < run["per_epoch"][0]["seconds"] < run["per_epoch"][1]["seconds"] < run["wall_seconds"]
+    # any accuracy passes 1 %; 2 epochs of 100 images do not reach 99 %
+    assert run["seconds_to"] == {"0.01": run["per_epoch"][0]["seconds"], "0.99": None}
+    assert "(in accelerator memory)" in result.stderr
+
+
 def _recompress(src, dest, *extra):
     return subprocess.run([sys.executable, "benchmarks/jpeg_recompress.py", str(src), str(dest), *extra],
                           capture_output=True, text=True, cwd=ROOT, timeout=300,

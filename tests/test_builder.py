@@ -105,6 +105,32 @@ def test_init_and_regularization_conventions():
     assert len(model.losses) == len(convs) + 1
 
 
+def test_reinitialize_draws_kernels_as_keras_initializers_do():
+    """He normal (truncated at 2 std) in every conv, also inside SE blocks, Glorot uniform in
+    the head, the same draws for the same seed; no other variable changes."""
+    from keras_resnet.builder import reinitialize
+
+    model = kr.build(50, se_ratio=0.25, num_classes=100, input_shape=(64, 64, 3))
+    before = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    reinitialize([model], seed=3)
+    after = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+    kernels = [l for l in model._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
+    assert any("se" in k.kernel.path for k in kernels)
+    for layer in kernels:
+        k = after[layer.kernel.path]
+        std = np.sqrt(2.0 / np.prod(k.shape[:-1]))
+        assert np.abs(k).max() <= 2 * std / 0.87962566103423978 + 1e-6, layer.kernel.path
+        if k.size > 20_000:
+            assert k.std() == pytest.approx(std, rel=0.03), layer.kernel.path
+    head = after[model.get_layer("predictions").kernel.path]
+    limit = np.sqrt(6.0 / sum(head.shape))
+    assert np.abs(head).max() <= limit and head.std() == pytest.approx(limit / np.sqrt(3), rel=0.03)
+    changed = {v.path for v, b in zip(model.weights, before) if not np.array_equal(after[v.path], b)}
+    assert changed == {l.kernel.path for l in [*kernels, model.get_layer("predictions")]}
+    reinitialize([model], seed=3)
+    assert all(np.array_equal(keras.ops.convert_to_numpy(v), after[v.path]) for v in model.weights)
+
+
 def test_bn_weight_decay_penalizes_every_gamma_and_beta_and_survives_saving(tmp_path):
     model = kr.build(20, weight_decay=0.0, bn_weight_decay=5e-4)
     bns = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]

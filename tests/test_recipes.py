@@ -28,6 +28,15 @@ def test_flags_and_overrides_win_in_order():
     assert config["augment"]["rotation"] == 5.0
 
 
+def test_auto_or_bool_fields_take_auto_true_and_false_from_the_command_line():
+    config = recipes.resolve("cifar10-fast", ["train.jit_compile=false", "data.on_device=true"])
+    assert config["train"]["jit_compile"] is False and config["data"]["on_device"] is True
+    config = recipes.resolve("cifar10-fast", ["train.jit_compile=true", "data.on_device='auto'"])
+    assert config["train"]["jit_compile"] is True and config["data"]["on_device"] == "auto"
+    with pytest.raises(recipes.RecipeError, match="data.on_device must be 'auto', true or false"):
+        recipes.resolve("cifar10-fast", ["data.on_device=1"])
+
+
 def test_bn_weight_decay_override_reaches_the_model():
     config = recipes.resolve("cifar10-fast", ["model.bn_weight_decay=5e-4"])
     model = training.build_model(config, num_classes=10, image_size=(32, 32))

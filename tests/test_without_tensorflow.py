@@ -84,10 +84,12 @@ def test_train_from_arrays_resumes_after_kill_and_refuses_what_needs_tensorflow(
     assert metrics["class_names"] == [str(i) for i in range(10)]
 
     refused = [run(venv, *ARGS, "--data", "cifar10", "--output", str(tmp_path / "tfds")),
+               run(venv, "train", "--data", "cifar10", "--epochs", "1", "--output", str(tmp_path / "picked")),
                run(venv, *ARGS, "--data", str(tmp_path / "cifar.npz"), "--set", "augment.mixup=0.2",
                    "--output", str(tmp_path / "mixup")),
                run(venv, "evaluate", str(output / "model.keras"), "--data", str(data))]
-    for result, named in zip(refused, ("Convert it once", "augment.mixup needs TensorFlow",
+    for result, named in zip(refused, ("Convert it once", "Convert it once", "augment.mixup needs TensorFlow",
                                        "keras-resnet evaluate needs TensorFlow")):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert named in result.stderr.strip().splitlines()[-1]
+    assert not any((tmp_path / name).exists() for name in ("tfds", "picked", "mixup"))  # refused up front
