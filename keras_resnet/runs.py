@@ -173,9 +173,12 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
     epoch's remaining steps, and the saved metric totals are added after its first step.
     """
 
-    def __init__(self, folder: Path, keep: int = 2, every_steps: int = 0, every_minutes: float = 0.0):
+    def __init__(self, folder: Path, keep: int = 2, every_steps: int = 0, every_minutes: float = 0.0,
+                 batches: str = ""):
+        """`batches`: what draws the training batches ("tf.data" or "NumPy"), kept in each
+        file so that a resume can tell whether the rest of its epoch gets the same ones."""
         super().__init__()
-        self.folder, self.keep = folder, keep
+        self.folder, self.keep, self.batches = folder, keep, batches
         self.every_steps, self.every_seconds = every_steps, 60.0 * every_minutes
         self.steps, self.offset, self.epoch, self.saved_metrics = 0, 0, 0, None
         self.last_step, self.last_time = 0, time.monotonic()
@@ -216,7 +219,7 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
 
         with h5py.File(tmp, "a") as f:
             state = f.create_group(RESUME_GROUP)
-            state.attrs["epoch"], state.attrs["step"] = epoch, step
+            state.attrs["epoch"], state.attrs["step"], state.attrs["batches"] = epoch, step, self.batches
             for group, variables in (("metrics", _metric_variables(self.model)),
                                      ("seeds", _seed_variables(self.model))):
                 values = state.create_group(group)
@@ -303,6 +306,16 @@ def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
         raise RunError(f"Every checkpoint in {folder} is damaged ({', '.join(p.name for p in found)}); "
                        "they were left untouched. Start anew with another --output (or --overwrite).")
     return (0, 0), None
+
+
+def batches_of(path: Path) -> str | None:
+    """What drew the batches of the run that wrote checkpoint `path` (None: not recorded)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if RESUME_GROUP not in f:
+            return None
+        return f[RESUME_GROUP].attrs.get("batches") or None
 
 
 def _restore_extra_state(model: keras.Model, path: Path) -> list | None:

@@ -116,7 +116,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     Running the same call again resumes after the last completed epoch (or returns at once
     when the run is complete). `strategy` is one of `distribute.STRATEGIES` (`tpu`: its
     address); `batch_size` is global. `callbacks` (Keras callbacks) join the package's in
-    every `fit`. Under multi-worker, every worker runs the same call; only the chief writes
+    every `fit`; one that stops training (EarlyStopping) ends the run as stopped (`RunError`),
+    resumable by the same call. Under multi-worker, every worker runs the same call; only the chief writes
     `output`, the others work in a temporary folder they remove.
     `flags` are depth, variant, data, data_dir, epochs, batch_size, max_train_samples,
     max_eval_samples, seed, precision, lr.
@@ -199,11 +200,12 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         model.optimizer.build(model.trainable_variables)  # every worker creates the same variables
         model.optimizer.iterations.assign(0)
 
-    initial_epoch, initial_step, saved_metrics = 0, 0, None
+    initial_epoch, initial_step, saved_metrics, batches_before = 0, 0, None, None
     if state == "resume":
         # A checkpoint holds the optimizer of the phase that wrote it: set that phase up first.
         found = [p for p in runs.checkpoints(run_folder / "checkpoints") if not runs.damaged(p)]
         epoch, step = runs.position(found[0]) if found else (0, 0)  # the one `restore_latest` loads
+        batches_before = runs.batches_of(found[0]) if step else None
         enter(finetune.phase_of(plan, epoch if step else max(epoch - 1, 0)))
         (initial_epoch, initial_step), saved_metrics = runs.restore_latest(
             model, run_folder / "checkpoints", log, clean=chief)
@@ -217,6 +219,12 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
     if initial_epoch or initial_step:
         log(f"Resuming from epoch {initial_epoch + 1}" + (f", step {initial_step + 1}" if initial_step else ""))
     on_device = _on_device(config, splits, image_size, extra_augment_layers, distributed)
+    batches = "NumPy" if on_device or isinstance(splits.train, pydata.Arrays) else "tf.data"
+    if initial_step and batches_before not in (None, batches):
+        log(f"Warning: the batches of epoch {initial_epoch + 1} before step {initial_step + 1} were drawn by "
+            f"{batches_before}, the rest are drawn by {batches} (TensorFlow installed or not, data.on_device): "
+            "in another order, so this epoch sees some images twice and misses others. Resume where the "
+            "run started for the same batches.")
     log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
         f"{distribute.describe(strat)}) on {splits.num_train} images of {splits.source}"
         f"{' (in accelerator memory)' if on_device else ''}, "
@@ -232,7 +240,7 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
                             "num_test": splits.num_test, "strategy": distribute.describe(strat)},
                            history_from=run_folder)
     checkpoint = runs.CrashSafeCheckpoint(folder / "checkpoints", every_steps=t["checkpoint_every_steps"],
-                                          every_minutes=t["checkpoint_every_minutes"])
+                                          every_minutes=t["checkpoint_every_minutes"], batches=batches)
     callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint, *user_callbacks]
     if backends.has_tensorflow():  # Keras writes TensorBoard logs with tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(folder / "logs")))
@@ -290,8 +298,9 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
         stopped = (f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept}. "
                    "Lower train.lr or check the data.")
     elif recorder.epochs_completed < total_epochs:
-        stopped = (f"Training stopped after epoch {recorder.epochs_completed} of {total_epochs}: "
-                   f"the input ran out of data (unreadable images dropped?); {kept}.")
+        why = ("a callback stopped it (model.stop_training)" if model.stop_training
+               else "the input ran out of data (unreadable images dropped?)")
+        stopped = f"Training stopped after epoch {recorder.epochs_completed} of {total_epochs}: {why}; {kept}."
     if stopped:
         recorder.write(status="failed", error=stopped)
         raise RunError(stopped)

@@ -96,7 +96,7 @@ def test_killed_inside_an_epoch_at_its_end_and_during_a_write_then_resumed_gives
     assert (where["status"], where["epochs_completed"], where["epochs"]) == ("running", 1, 3)
     resumed = cli(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming from epoch 2, step 5" in resumed.stdout
+    assert "Resuming from epoch 2, step 5" in resumed.stdout and "Warning" not in resumed.stdout
     assert not list((run / "checkpoints").glob("tmp-*"))  # the half-written file is cleaned up
     assert_identical(run, tmp_path / "reference")
     done = runs.where(run)
@@ -104,6 +104,25 @@ def test_killed_inside_an_epoch_at_its_end_and_during_a_write_then_resumed_gives
     (run / "model.keras").unlink()  # as if killed after the last epoch's checkpoint
     where = runs.where(run)
     assert where["can_resume"] and where["why"].startswith("every epoch is trained")
+
+
+def test_a_resume_inside_an_epoch_whose_batches_another_pipeline_drew_says_so(tmp_path):
+    """Each checkpoint records what drew the batches (tf.data here; NumPy without TensorFlow
+    or with data.on_device): resuming inside an epoch under the other one warns that the
+    rest of the epoch gets other batches."""
+    import h5py
+
+    run = tmp_path / "run"
+    args = scratch_args(run)
+    killed_at("batch:6", args)
+    (newest,) = runs.checkpoints(run / "checkpoints")
+    assert runs.batches_of(newest) == "tf.data"
+    with h5py.File(newest, "a") as f:  # as if a run without TensorFlow had written it
+        f[runs.RESUME_GROUP].attrs["batches"] = "NumPy"
+    resumed = cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert ("Warning: the batches of epoch 1 before step 5 were drawn by NumPy, the rest are drawn by "
+            "tf.data") in resumed.stdout
 
 
 def finetune_args(weights, output) -> list[str]:

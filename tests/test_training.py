@@ -383,3 +383,19 @@ def test_the_readme_main_command_trains_on_the_original_cifar10_through_tfds(tmp
     report = json.loads(whole.stdout)
     assert report["num_images"] == 10000 and report["accuracy"] > 0.2
     assert sorted((str(p), p.stat().st_mtime_ns) for p in (ROOT / data_dir).rglob("*")) == shared
+
+
+def test_a_callback_that_stops_training_ends_the_run_as_stopped_by_it(tmp_path):
+    import keras_resnet
+    from keras_resnet.runs import RunError
+
+    class StopAfterOneEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    with pytest.raises(RunError, match=r"after epoch 1 of 2: a callback stopped it \(model.stop_training\); "
+                                       r"the last good checkpoint is kept \(.*epoch-0001.weights.h5\)"):
+        keras_resnet.train("cifar10-fast", output=str(tmp_path / "run"), data=str(CIFAR_DIR), depth=8,
+                           variant="cifar", epochs=2, batch_size=32, max_train_samples=64, max_eval_samples=32,
+                           precision="float32", callbacks=[StopAfterOneEpoch()],
+                           overrides=["train.validate_every=0"], log=lambda _: None, verbose=0)
