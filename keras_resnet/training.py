@@ -117,8 +117,8 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     when the run is complete). `strategy` is one of `distribute.STRATEGIES` (`tpu`: its
     address); `batch_size` is global. `callbacks` (Keras callbacks) join the package's in
     every `fit`; one that stops training (EarlyStopping) ends the run as stopped (`RunError`),
-    resumable by the same call. Under multi-worker, every worker runs the same call; only the chief writes
-    `output`, the others work in a temporary folder they remove.
+    resumable by the same call. Under multi-worker, every worker runs the same call; only the
+    chief writes `output`, the others work in a temporary folder they remove.
     `flags` are depth, variant, data, data_dir, epochs, batch_size, max_train_samples,
     max_eval_samples, seed, precision, lr.
     """
@@ -317,8 +317,7 @@ def _fit(config: dict, folder: Path, run_folder: Path, state: str, strat, chief:
 
 def _check_without_tensorflow(config: dict, extra_augment_layers: Sequence[Callable]) -> None:
     """Refuse, before the run folder is touched, what only the tf.data pipeline does."""
-    missing = [f"augment.{k}" for k in pydata.unsupported_augments(config["augment"])]
-    missing += ["extra_augment_layers"] * bool(extra_augment_layers)
+    missing = _tf_data_augmentations(config, extra_augment_layers)
     missing += ["data.eval_crop_fraction"] * bool(config["data"]["eval_crop_fraction"])
     name = config["data"]["name"]
     if not name.endswith(".npz") and not data_lib.is_folder(name):
@@ -327,12 +326,17 @@ def _check_without_tensorflow(config: dict, extra_augment_layers: Sequence[Calla
         backends.require_tensorflow(", ".join(missing), "turn it off")
 
 
+def _tf_data_augmentations(config: dict, extra_augment_layers: Sequence[Callable]) -> list[str]:
+    """The training augmentations that only the tf.data pipeline applies."""
+    return ([f"augment.{k}" for k in pydata.unsupported_augments(config["augment"])]
+            + ["extra_augment_layers"] * bool(extra_augment_layers))
+
+
 def _on_device_blockers(config: dict, extra_augment_layers: Sequence[Callable], distributed: bool,
                         resize: bool = False) -> list[str]:
     """What keeps the training set from accelerator memory (`data.on_device`); with
     `data.on_device = true`, refused in one line before the run folder is touched."""
-    blockers = [f"augment.{k}" for k in pydata.unsupported_augments(config["augment"])]
-    blockers += ["extra_augment_layers"] * bool(extra_augment_layers)
+    blockers = _tf_data_augmentations(config, extra_augment_layers)
     blockers += ["data.image_size (a resize)"] * resize
     blockers += ["--strategy (several devices)"] * distributed
     blockers += [f"the {backends.name()} backend (tf.data feeds it)"] * (backends.name() == "tensorflow")
