@@ -14,27 +14,42 @@ randomness.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import keras
+
+from keras_resnet.mapping import ReadsLikeDict
 
 try:
     import tensorflow as tf
 except ImportError:  # JAX or PyTorch without TensorFlow: `DEFAULTS` only (`pydata` augments)
     tf = None
 
-# Recipe fields and their "off" values.
-DEFAULTS = {
-    "pad_crop": 0,  # pixels of zero padding before a random crop back to size (CIFAR: 4)
-    "flip": True,  # random horizontal flip
-    "scale": 0.0,  # random zoom in/out by up to this fraction
-    "rotation": 0.0,  # random rotation by up to this many degrees
-    "randaugment": False,  # RandAugment (2 ops, magnitude 0.5)
-    "erasing": 0.0,  # probability of random erasing
-    "mixup": 0.0,  # MixUp alpha (0: off)
-    "cutmix": 0.0,  # CutMix factor (0: off)
-    "random_resized_crop": False,  # Inception-style crop (ImageNet); done per image in data.py
-}
+def _allowed(test: Callable, must: str) -> dict:
+    """A field's metadata: the values it allows (`config.check_value` reads it)."""
+    return {"test": test, "must": must}
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(ReadsLikeDict):
+    """A recipe's [augment] section: each augmentation and its "off" value."""
+
+    pad_crop: int = dataclasses.field(default=0, metadata=_allowed(lambda v: v >= 0, ">= 0"))  # zero padding
+    # before a random crop back to size, in pixels (CIFAR: 4)
+    flip: bool = True  # random horizontal flip
+    scale: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v < 1, "in [0, 1)"))  # zoom
+    rotation: float = 0.0  # random rotation by up to this many degrees
+    randaugment: bool = False  # RandAugment (2 ops, magnitude 0.5)
+    erasing: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v <= 1,
+                                                                      "a probability in [0, 1]"))
+    mixup: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: v >= 0, ">= 0 (0 turns it off)"))
+    cutmix: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v <= 1,
+                                                                     "in [0, 1] (0 turns it off)"))
+    random_resized_crop: bool = False  # Inception-style crop (ImageNet); done per image in data.py
+
+
+DEFAULTS = dataclasses.asdict(AugmentConfig())
 
 
 def position_key(seed: int, *parts) -> tf.Tensor:

@@ -11,11 +11,10 @@ import importlib.util
 
 import keras
 
-from keras_resnet import recipes
+from keras_resnet.errors import BackendError, RecipeError
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # train.precision, besides "auto"
 
-class BackendError(ValueError):
-    """A feature this backend or installation cannot run; the message names what can."""
 
 
 def name() -> str:
@@ -85,9 +84,8 @@ def resolve_precision(setting: str) -> str:
     float32, on every backend (on this project's bf16 CPU each backend's bf16 step measured
     faster than its float32 one: docs/training.md's backend table)."""
     if setting != "auto":
-        if setting not in recipes.PRECISIONS:
-            raise recipes.RecipeError(f"train.precision must be 'auto' or one of {recipes.PRECISIONS}, "
-                                      f"got {setting!r}.")
+        if setting not in PRECISIONS:
+            raise RecipeError(f"train.precision must be 'auto' or one of {PRECISIONS}, got {setting!r}.")
         return setting
     capability = gpu_capability()
     if capability is not None:
@@ -102,7 +100,7 @@ def resolve_jit(setting) -> bool:
     if isinstance(setting, bool):
         return setting
     if setting != "auto":
-        raise recipes.RecipeError(f"train.jit_compile must be 'auto', true or false, got {setting!r}.")
+        raise RecipeError(f"train.jit_compile must be 'auto', true or false, got {setting!r}.")
     backend = name()
     if backend == "jax":
         return True

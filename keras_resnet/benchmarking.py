@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import data, recipes, specs
+from keras_resnet.config import RunConfig
 from keras_resnet.training import build_compiled
 
 
@@ -50,9 +51,9 @@ def benchmark(depth: int = 20, *, mode: str = "train", batch_size: int = 128, st
                              ("warmup", warmup, 1), ("rounds", rounds, 1)):
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}.")
-    config = recipes.load("cifar10-fast")
-    config["model"]["depth"] = depth
-    config["train"].update(batch_size=batch_size, precision=precision, jit_compile=jit_compile)
+    settings = {"model": {"depth": depth},
+                "train": {"batch_size": batch_size, "precision": precision, "jit_compile": jit_compile}}
+    config = RunConfig.from_dict(recipes.merge(recipes.load("cifar10-fast"), settings, "benchmark"))
     cifar = specs.resnet_spec(depth).stem == "cifar"
     size, classes = ((32, 32), 10) if cifar else ((224, 224), 1000)
     classes = num_classes or classes

@@ -6,7 +6,15 @@ import argparse
 import os
 import sys
 
-from keras_resnet.report import dumps  # strict JSON, as every file the package writes
+from keras_resnet.files import dumps  # strict JSON, as every file the package writes
+from keras_resnet.recipes import DEFAULTS, FLAG_FIELDS
+
+TRAIN_HELP = {
+    "data": "TFDS name (cifar10, ...), a folder with train/ and test/ class folders, or an .npz",
+    "data_dir": "TFDS data_dir",
+    "weights": "fine-tune from pretrained weights: a .keras model from `train`, a weight tag or file "
+               "(see `keras-resnet weights`); with --recipe finetune, a new head trains first",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,16 +36,11 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train with model.fit into a run folder (resumes after a crash)")
     train.add_argument("--recipe", help="a shipped recipe (see `keras-resnet recipes`) or a .toml path")
-    train.add_argument("--data", help="TFDS name (cifar10, ...) or a folder with train/ and test/ class folders")
-    train.add_argument("--data-dir", help="TFDS data_dir")
     train.add_argument("--output", default=None, help="run folder (default: runs/<recipe>)")
-    for flag, kind in (("depth", int), ("variant", str), ("epochs", int), ("batch-size", int),
-                       ("lr", float), ("max-train-samples", int), ("max-eval-samples", int),
-                       ("seed", int), ("precision", str)):
-        train.add_argument(f"--{flag}", type=kind)
-    train.add_argument("--weights", help="fine-tune from pretrained weights: a .keras model from `train`, "
-                                          "a weight tag or file (see `keras-resnet weights`); with "
-                                          "--recipe finetune, a new head trains first")
+    for flag, (section, field) in FLAG_FIELDS.items():  # each sets one recipe field
+        kind = type(DEFAULTS[section][field])
+        train.add_argument(f"--{flag.replace('_', '-')}", type=kind if kind in (int, float) else str,
+                           help=TRAIN_HELP.get(flag, f"sets {section}.{field}"))
     train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override any recipe field, e.g. --set train.label_smoothing=0.1")
     train.add_argument("--overwrite", action="store_true", help="replace a run folder with another configuration")
@@ -109,12 +112,9 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from keras_resnet import runs, training
 
-    flags = {k: getattr(args, k) for k in ("depth", "variant", "data", "data_dir", "epochs",
-                                           "batch_size", "lr", "max_train_samples",
-                                           "max_eval_samples", "seed", "precision", "weights")}
     output = args.output or runs.default_folder(args.recipe)
     metrics = training.train(args.recipe, output=output, overrides=args.set, overwrite=args.overwrite,
-                             strategy=args.strategy, tpu=args.tpu, **flags)
+                             strategy=args.strategy, tpu=args.tpu, **{k: getattr(args, k) for k in FLAG_FIELDS})
     print(dumps(runs.summary(output, metrics)))
     return 0
 

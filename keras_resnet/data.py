@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_resnet import augment as augment_lib, layers, pydata
+from keras_resnet.errors import DataError
 
 try:
     import tensorflow as tf
@@ -35,9 +36,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 EVAL_SPLIT_NAMES = ("test", "val", "validation")
 MEMORY_MAX_SIDE = 64  # decode-once-into-memory for images up to this side
 
-
-class DataError(ValueError):
-    """A dataset that cannot be used as given; the message says what to fix."""
 
 
 @dataclasses.dataclass

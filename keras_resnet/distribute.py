@@ -22,6 +22,8 @@ from pathlib import Path
 
 import keras
 
+from keras_resnet.errors import DistributeError
+
 try:
     import tensorflow as tf
 except ImportError:  # a JAX or PyTorch installation: `KerasStrategy` only
@@ -35,9 +37,6 @@ LOST_CONTACT = (() if tf is None else (tf.errors.UnavailableError, tf.errors.Dea
 # two-worker tests; on Keras 3.8 with TensorFlow 2.18 they failed, so it is not listed).
 MULTI_WORKER_FIX_KERAS = ("3.15",)
 
-
-class DistributeError(ValueError):
-    """A strategy or cluster that cannot be used as given; the message says what to fix."""
 
 
 def parse_tf_config(raw: str | None = None) -> dict | None:

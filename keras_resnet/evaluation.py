@@ -28,39 +28,18 @@ import numpy as np
 
 try:
     import tensorflow as tf
-except ImportError:  # JAX or PyTorch without TensorFlow: `predictions` and `scores` only
+except ImportError:  # JAX or PyTorch without TensorFlow: `evaluate_model` only
     tf = None
 
 from keras_resnet import data as data_lib, report, runs
+from keras_resnet.errors import ModelError
+from keras_resnet.saving import load_model
 
 DEFAULT_CROP = 0.875
 DEFAULT_CROP_FROM_SIDE = 128  # a model outside a run folder: crop from this input side up
 
 
-class ModelError(ValueError):
-    """A model file or model that cannot be used as given; the message says what to change."""
-
-
 # -- the model --------------------------------------------------------------------------------
-
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """A `.keras` model file, loaded in safe mode (our layers are registered on import)."""
-    import keras_resnet  # noqa: F401
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"Model file {path} not found.")
-    try:
-        return keras.models.load_model(path)
-    except Exception as err:
-        if "safe_mode" in str(err):
-            raise ModelError(f"{path} is not a loadable .keras model in safe mode: it holds a "
-                             "Lambda layer (arbitrary Python code). Rebuild the model without it; "
-                             "safe mode stays on.") from err
-        raise ModelError(f"{path} is not a loadable .keras model ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:200]}). Pass a model saved with "
-                         "model.save('model.keras'), e.g. run/model.keras from `train`.") from err
-
 
 class Layout:
     """Input size and channel order of a classifier, and its probabilities."""
@@ -221,34 +200,13 @@ def evaluate(model_path: str | os.PathLike, data: str, *, split: str = "test",
     ds = (splits.train if on_train else splits.test).map(
         lambda x, y: (prep(x), y), num_parallel_calls=data_lib.PARALLEL_CALLS)
     ds = data_lib.prefetched(ds.batch(batch_size))
-    probs, mirrored, labels = predictions(layout.compiled(model), ds, flip_tta)
+    probs, mirrored, labels = report.predictions(layout.compiled(model), ds, flip_tta)
     if not len(labels):
         raise data_lib.DataError(f"No images in the {split} split of {splits.source}.")
-    result = scores((probs + mirrored) / 2 if flip_tta else probs, labels, splits.class_names)
+    result = report.scores((probs + mirrored) / 2 if flip_tta else probs, labels, splits.class_names)
     result.update(split=split, flip_tta=flip_tta, data=splits.source,
                   preprocessing=prep.describe())
     return result
-
-
-def predictions(predict, batches, mirrored: bool = False
-                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Probabilities of every image of `batches` ((NHWC images, labels as indices or one-hot)
-    batches) by `predict` (images -> probabilities), of each image's horizontal mirror if
-    `mirrored` (else None), and the integer labels."""
-    plain, flipped, labels = [], [], []
-    for images, y in batches:
-        images, y = np.asarray(images), np.asarray(y)  # what every backend's `predict` takes
-        plain.append(keras.ops.convert_to_numpy(predict(images)))
-        if mirrored:
-            flipped.append(keras.ops.convert_to_numpy(predict(np.ascontiguousarray(images[:, :, ::-1]))))
-        labels.append(np.argmax(y, -1) if y.ndim == 2 else y)
-    classes = plain[0].shape[-1] if plain else 0
-
-    def stack(parts):
-        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, classes))
-
-    return (stack(plain), stack(flipped) if mirrored else None,
-            np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
 
 
 def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[str], *,
@@ -258,35 +216,8 @@ def evaluate_model(model: keras.Model, dataset: tf.data.Dataset, class_names: Se
     `dataset` yields (images, labels) batches (NHWC), labels as indices or one-hot. With
     `flip_tta`, each image's probabilities are the mean over it and its horizontal mirror.
     """
-    probs, mirrored, labels = predictions(model.predict_on_batch, dataset, flip_tta)
-    return scores((probs + mirrored) / 2 if flip_tta else probs, labels, class_names)
-
-
-def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
-           mirrored: np.ndarray | None = None) -> dict:
-    """`evaluate_model`'s report from probabilities and integer labels; given the mirrored
-    images' probabilities, also the flip-TTA top-1, top-5 and loss under "flip_tta"."""
-    n = len(class_names)
-    if probs.shape[1] != n:
-        raise data_lib.DataError(f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
-                                 "on data with the classes it was trained on.")
-    top5 = np.argsort(-probs, axis=1)[:, : min(5, n)]
-    predicted = top5[:, 0]
-    matrix = report.confusion_matrix(labels, predicted, n)
-    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
-    result = {
-        "accuracy": float(np.mean(predicted == labels)),
-        "top5_accuracy": float(np.mean((top5 == labels[:, None]).any(axis=1))),
-        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))),
-        "num_images": int(len(labels)),
-        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
-    }
-    if n <= 100:
-        result["confusion_matrix"] = matrix.tolist()
-    if mirrored is not None:
-        tta = scores((probs + mirrored) / 2, labels, class_names)
-        result["flip_tta"] = {k: tta[k] for k in ("accuracy", "top5_accuracy", "loss")}
-    return result
+    probs, mirrored, labels = report.predictions(model.predict_on_batch, dataset, flip_tta)
+    return report.scores((probs + mirrored) / 2 if flip_tta else probs, labels, class_names)
 
 
 def format_report(result: dict, model_path: str | os.PathLike) -> str:

@@ -37,7 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import evaluation, parity, report, runs
+from keras_resnet import evaluation, files, parity, runs, saving
+from keras_resnet.errors import ExportError, ModelError
 
 FORMATS = ("saved_model", "tflite", "keras", "weights", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -48,17 +49,14 @@ EXAMPLE_SIGNATURE = "tf_example"
 KIND = {"none": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}
 
 
-class ExportError(ValueError):
-    """An export that cannot be done as asked; the message says what to change."""
-
 
 # -- the model and what is known about it ----------------------------------------------------
 
 def load_model(path: str | os.PathLike) -> keras.Model:
-    """A `.keras` model file, loaded in safe mode (`evaluation.load_model`)."""
+    """A `.keras` model file, loaded in safe mode (`saving.load_model`)."""
     try:
-        return evaluation.load_model(path)
-    except evaluation.ModelError as err:
+        return saving.load_model(path)
+    except ModelError as err:
         raise ExportError(str(err)) from err.__cause__
 
 
@@ -131,7 +129,7 @@ def _verification_sample(layout: _Layout, *, verify_data: str | None, data_dir: 
 
 def _temporary_dir(parent: Path) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
-    report.remove_dead_temporaries(parent, TMP_PREFIX)
+    files.remove_dead_temporaries(parent, TMP_PREFIX)
     return Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=parent))
 
 
@@ -286,7 +284,7 @@ def _export_saved_model(model, layout, target: Path, *, class_names, crop, sampl
                          signatures=["serving_default", BYTES_SIGNATURE, EXAMPLE_SIGNATURE])
         log(parity.table(rows))
         _check_rows(result, "SavedModel")  # before the rename: a broken version never appears
-        report.write_json(tmp / "saved_model" / "assets.extra" / "export_report.json", result)
+        files.write_json(tmp / "saved_model" / "assets.extra" / "export_report.json", result)
         _place_version(tmp / "saved_model", target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -445,7 +443,7 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
         log(parity.table(rows))
         _check_rows(result, format)
         _place_file(artifact, output, overwrite)
-        report.write_json(Path(f"{output}.report.json"), result)
+        files.write_json(Path(f"{output}.report.json"), result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"Wrote {output} ({result['size_bytes']:,} bytes) and {output}.report.json")

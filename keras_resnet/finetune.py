@@ -23,49 +23,19 @@ float32 (`recast`), never a rebuild from the source.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import keras
 
-from keras_resnet import recipes, registry
+from keras_resnet import registry
 from keras_resnet.builder import build
+from keras_resnet.config import RunConfig
 from keras_resnet.layers import l2
+from keras_resnet.plan import Phase
+from keras_resnet.saving import load_model
 
 HEAD = "predictions"
-BN_MODES = {
-    "train": "statistics and γ/β train (batch statistics in training mode)",
-    "frozen_stats": "statistics re-estimated on the training images before phase 'all', then "
-                    "fixed (inference mode); γ/β train",
-    "frozen": "statistics and γ/β fixed at the source's values",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """Epochs [start, end) of one training phase ("head" or "all"), `steps` per epoch."""
-
-    name: str
-    start: int
-    end: int
-    steps: int
-
-
-def phases(config: dict, steps_per_epoch: int) -> list[Phase]:
-    """The phases of the run `config` describes: the head phase, when fine-tuning with
-    `train.head_steps`, is one epoch of that many steps; then `train.epochs` of the whole
-    network (none with `train.epochs = 0`: a linear probe)."""
-    head = config["train"]["head_steps"] if config["model"]["weights"] else 0
-    epochs = config["train"]["epochs"]
-    first = [Phase("head", 0, 1, head)] if head else []
-    return first + ([Phase("all", len(first), len(first) + epochs, steps_per_epoch)] if epochs else [])
-
-
-def phase_of(plan: Sequence[Phase], epoch: int) -> Phase:
-    """The phase that trains epoch index `epoch` (the last phase for the end of the run)."""
-    return next((p for p in plan if p.start <= epoch < p.end), plan[-1])
 
 
 def set_trainable(model: keras.Model, phase: Phase, bn_mode: str) -> None:
@@ -101,17 +71,15 @@ def _has_head(model: keras.Model) -> bool:
 
 # -- the model ---------------------------------------------------------------------------------
 
-def build_pretrained(config: dict, *, num_classes: int, image_size: Sequence[int]) -> keras.Model:
+def build_pretrained(config: RunConfig, *, num_classes: int, image_size: Sequence[int]) -> keras.Model:
     """The backbone `model.weights` gives, with a new `num_classes` head (see the module doc)."""
-    arch = recipes.build_kwargs(config)
+    arch = config.model.build_kwargs()
     depth, source = arch.pop("depth"), arch.pop("weights")
     arch.update(input_shape=(*image_size, 3), include_top=False, pooling="avg")
     frozen: frozenset = frozenset()
     if source.endswith(".keras"):
-        from keras_resnet.evaluation import load_model
-
         pretrained = recast(load_model(source), keras.config.dtype_policy().name,
-                            weight_decay=config["model"]["weight_decay"], input_shape=arch["input_shape"])
+                            weight_decay=config.model.weight_decay, input_shape=arch["input_shape"])
         features = pooled_features(pretrained, source)
         inputs = pretrained.input
         frozen = frozenset(id(layer) for layer in pretrained._flatten_layers(include_self=False)
@@ -128,7 +96,7 @@ def build_pretrained(config: dict, *, num_classes: int, image_size: Sequence[int
         inputs, features, name = backbone.input, backbone.output, backbone.name
     mixed = keras.config.dtype_policy().name.startswith("mixed")
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD,
-                                 kernel_regularizer=l2(config["model"]["weight_decay"]),
+                                 kernel_regularizer=l2(config.model.weight_decay),
                                  dtype="float32" if mixed else None)(features)
     model = keras.Model(inputs, outputs, name=f"{name}_finetuned")
     model.source_frozen = frozen
@@ -232,50 +200,3 @@ def copy_weights(source: keras.Model, target: keras.Model, *, origin: str | Path
                          f"({', '.join(sorted(by_path)[:3])}); {fix}.")
     for v, found in pairs:
         v.assign(found)
-
-
-# -- the hyperparameters the `finetune` recipe picks --------------------------------------------
-
-def pick(num_train: int, image_side: int, batch_size: int) -> tuple[dict, str]:
-    """[train]/[augment]/[model] values for fine-tuning on `num_train` images of `image_side`
-    pixels at (global) `batch_size`, and one line saying what was picked and why. The
-    learning rates are for batch 64 (`reference_batch`); `train` scales them linearly.
-
-    The rules (docs/training.md has the reasoning and the measurements behind them):
-    - the head phase trains the new classifier alone for about two passes over the data
-      (50-300 steps) before the backbone moves (LP-FT, Kumar et al. 2022: a trained head
-      keeps the features from being distorted by a random one);
-    - the whole network then trains for at least 30 epochs or 600 steps, whichever is more
-      (BiT's HyperRule fixes steps, not epochs, for small sets);
-    - the learning rate grows with the data, from 0.01 to scratch's 0.05 at batch 64
-      (Li et al. 2020: the best fine-tuning rate rises as the target moves away from the
-      source and grows), scaled linearly with the batch;
-    - BN trains its statistics when a batch holds 16 or more images, and otherwise keeps
-      them fixed after re-estimating them on the target images;
-    - augmentation: pad-and-crop plus flip for small images, random-resized crop plus flip
-      for large ones; weight decay 5e-4 (the CIFAR recipes') below 64 px, else 1e-4;
-    - the test split is scored about six times in the run, not after every short epoch.
-    """
-    steps_per_epoch = max(1, num_train // batch_size)
-    head_steps = int(min(300, max(50, 2 * steps_per_epoch)))
-    epochs = int(max(30, math.ceil(600 / steps_per_epoch)))
-    fraction = min(1.0, max(0.0, math.log10(max(num_train, 1) / 250) / math.log10(100)))
-    lr_at_64 = 0.01 * (0.05 / 0.01) ** fraction  # 0.01 at 250 images, 0.05 from 25,000 on
-    small = image_side <= 64
-    picked = {
-        "train": {"head_steps": head_steps, "head_lr": 0.1,
-                  "epochs": epochs, "lr": round(lr_at_64, 4), "reference_batch": 64,
-                  "backbone_lr_scale": 1.0, "warmup_epochs": min(2.0, 0.1 * epochs),  # of the epochs run
-                  "bn_mode": "train" if batch_size >= 16 else "frozen_stats",
-                  "validate_every": max(1, epochs // 6)},
-        "augment": {"flip": True, "pad_crop": image_side // 8 if small else 0,
-                    "random_resized_crop": not small},
-        "model": {"weight_decay": 5e-4 if small else 1e-4},
-    }
-    t = picked["train"]
-    why = (f"finetune picked for {num_train} images of {image_side} px at batch {batch_size}: "
-           f"head {head_steps} steps at lr {t['head_lr']}, then {epochs} epochs at lr {t['lr']} "
-           f"(both x batch/64) after a warm-up of 10 % of them (at most 2), bn_mode {t['bn_mode']}, "
-           f"weight decay {picked['model']['weight_decay']:g}, "
-           + ("pad-crop + flip" if small else "random-resized crop + flip"))
-    return picked, why

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
+from keras_resnet.errors import DataError
+
 # The augment fields this path implements; the others need tf.data (`data.train_pipeline`).
 AUGMENTS = ("pad_crop", "flip")
 
@@ -53,8 +55,6 @@ def decode_files(paths: list[str], size: tuple[int, int] | None = None
 def load_npz(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
     """(train, test) from a `.npz` holding x_train, y_train, x_test, y_test (the layout of
     `keras.datasets`): uint8 NHWC images, integer labels."""
-    from keras_resnet.data import DataError
-
     try:
         with np.load(path) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
@@ -77,8 +77,6 @@ def load_npz(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
 def npz_shape(path: str | os.PathLike, key: str) -> tuple[int, ...]:
     """The shape of array `key` in a `.npz`, read from its header (nothing else loaded)."""
     import zipfile
-
-    from keras_resnet.data import DataError
 
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:

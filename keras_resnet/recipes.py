@@ -11,49 +11,17 @@ is optional (TOML has no null).
 from __future__ import annotations
 
 import copy
-import inspect
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_resnet import augment, builder, layers, registry, schedules, specs
+from keras_resnet import data, plan, registry, specs
+from keras_resnet.config import UNSET, ModelConfig, RunConfig, check_value, defaults
+from keras_resnet.errors import RecipeError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
-# [model] fields whose `build()` default is None, and the TOML value that stands for it.
-UNSET = {"variant": "", "shortcut": "", "se_ratio": 0.0, "weights": ""}
-MODEL_FIELDS = ("depth", "variant", "shortcut", "groups", "width_per_group", "se_ratio",
-                "drop_path_rate", "zero_init_residual", "weight_decay", "bn_weight_decay",
-                "bn_momentum", "bn_epsilon", "weights")
-
-
-def _model_defaults() -> dict:
-    """[model]'s defaults: `build()`'s own. Two differ in form only: depth, which `build()`
-    requires, is 20; bn_epsilon, whose None there means "the weights' own, else
-    `layers.BN_EPSILON`", is that value (a recipe's model trains from scratch)."""
-    params = inspect.signature(builder.build).parameters
-    special = {"depth": 20, "bn_epsilon": layers.BN_EPSILON}
-    return {k: special[k] if k in special else UNSET[k] if params[k].default is None else params[k].default
-            for k in MODEL_FIELDS}
-
-
-DEFAULTS: dict[str, dict] = {
-    "recipe": {"name": "", "description": "", "picked": ""},
-    "model": _model_defaults(),
-    "data": {"name": "cifar10", "data_dir": "", "cache_dir": "", "image_size": [0, 0], "classes": [],
-             "eval_crop_fraction": -1.0, "eval_flip_tta": False, "max_train_samples": 0, "max_eval_samples": 0,
-             "on_device": "auto"},
-    "augment": dict(augment.DEFAULTS),
-    "train": {"epochs": 30, "batch_size": 128, "lr": 0.1, "reference_batch": 128,
-              "momentum": 0.9, "nesterov": False, "schedule": "onecycle",
-              "warmup_epochs": 0.0, "boundaries": [], "factor": 0.1, "pct_start": 0.25, "final_div": 100.0,
-              "label_smoothing": 0.0, "precision": "auto", "jit_compile": "auto", "ema": False,
-              "ema_momentum": 0.999, "seed": 0, "deterministic": False, "validate_every": 1,
-              "steps_per_execution": 1, "head_steps": 0, "head_lr": 0.1, "backbone_lr_scale": 1.0,
-              "bn_mode": "train", "pick_from_data": False, "sync_bn": False,
-              "checkpoint_every_steps": 0, "checkpoint_every_minutes": 5.0},
-}
+DEFAULTS = defaults()  # config.json with every field at its default
 
 # Fields that moved to another section; old recipes, overrides and run folders still read.
 MOVED = {("train", "weight_decay"): "model", ("train", "bn_weight_decay"): "model",
@@ -74,49 +42,6 @@ FLAG_FIELDS = {
 }
 
 
-# Allowed values of numeric fields: (test, what the error says it must be).
-AUTO_OR_BOOL = ("jit_compile", "on_device")  # "auto", or true/false to force it
-RANGES = {
-    "epochs": (lambda v: v >= 0, "at least 1 (0: the head phase alone, a linear probe)"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "reference_batch": (lambda v: v >= 1, "at least 1"),
-    "steps_per_execution": (lambda v: v >= 1, "at least 1"),
-    "lr": (lambda v: v > 0, "> 0"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "ema_momentum": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "bn_momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "bn_epsilon": (lambda v: v > 0, "> 0"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
-    "bn_weight_decay": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
-    "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eval_crop_fraction": (lambda v: v == -1 or 0 <= v <= 1,
-                           "in (0, 1], 0 for no crop, or -1 for the weight record's crop"),
-    "max_train_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
-    "max_eval_samples": (lambda v: v >= 0, ">= 0 (0: all)"),
-    "validate_every": (lambda v: v >= 0, ">= 0 (0: never)"),
-    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
-    "pct_start": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "final_div": (lambda v: v > 0, "> 0"),
-    "factor": (lambda v: v > 0, "> 0"),
-    "pad_crop": (lambda v: v >= 0, ">= 0"),
-    "head_steps": (lambda v: v >= 0, ">= 0 (0: no head-only phase)"),
-    "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: none by steps)"),
-    "checkpoint_every_minutes": (lambda v: v >= 0, ">= 0 (0: none by time)"),
-    "head_lr": (lambda v: v > 0, "> 0"),
-    "backbone_lr_scale": (lambda v: v > 0, "> 0"),
-    "classes": (lambda v: all(isinstance(c, str) and c for c in v), "a list of class names"),
-    "erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "scale": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "mixup": (lambda v: v >= 0, ">= 0 (0 turns it off)"),
-    "cutmix": (lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)"),
-}
-
-
-class RecipeError(ValueError):
-    """An unknown recipe, section or field, or a value of the wrong type."""
-
-
 def available() -> dict[str, str]:
     """{recipe name: description} of the recipes shipped with the package."""
     out = {}
@@ -124,29 +49,6 @@ def available() -> dict[str, str]:
         with open(path, "rb") as f:
             out[path.stem] = tomllib.load(f).get("recipe", {}).get("description", "")
     return out
-
-
-def _check_value(section: str, key: str, value, default):
-    if key in AUTO_OR_BOOL:
-        if not (value == "auto" or isinstance(value, bool)):
-            raise RecipeError(f"{section}.{key} must be 'auto', true or false, got {value!r}.")
-        return value
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise RecipeError(f"{section}.{key} must be a {type(default).__name__} (like {default!r}), "
-                          f"got {value!r}.")
-    bounds = RANGES.get(key)
-    if bounds and not bounds[0](value):
-        raise RecipeError(f"{section}.{key} must be {bounds[1]}, got {value!r}.")
-    return value
 
 
 def merge(base: dict, overrides: dict, origin: str) -> dict:
@@ -161,7 +63,7 @@ def merge(base: dict, overrides: dict, origin: str) -> dict:
             if key not in DEFAULTS[section]:
                 raise RecipeError(f"{origin}: unknown field {section}.{key}; valid fields of "
                                   f"[{section}]: {sorted(DEFAULTS[section])}.")
-            out[section][key] = _check_value(section, key, value, DEFAULTS[section][key])
+            out[section][key] = check_value(section, key, value)
     return out
 
 
@@ -222,20 +124,21 @@ def upgrade_saved(config: dict) -> dict:
             else fields for section, fields in out.items()}
 
 
-def build_kwargs(config: dict) -> dict:
+def build_kwargs(config: dict | RunConfig) -> dict:
     """[model] as `build()` keywords: the "not set" values (`UNSET`) become None."""
-    return {k: None if k in UNSET and v == UNSET[k] else v for k, v in config["model"].items()}
+    model = config["model"]
+    return (model if isinstance(model, ModelConfig) else ModelConfig(**model)).build_kwargs()
 
 
 # -- resolution ------------------------------------------------------------------------------
 
-def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -> dict:
+def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -> RunConfig:
     """Defaults <- recipe <- flags (`FLAG_FIELDS`) <- `section.field=value` overrides.
 
     Without a recipe, the recipe that fits the data is used: `finetune` with --weights,
     else `cifar10-fast` for images of at most 64 pixels a side, else `imagenet-resnet50`; its
     schedule spans the --epochs given. A recipe with `train.pick_from_data` (`finetune`) takes
-    the values `finetune.pick` chooses for the data between the recipe and the flags and
+    the values `plan.pick` chooses for the data between the recipe and the flags and
     overrides, which win; `recipe.picked` records the choice.
     """
     unknown = set(flags) - set(FLAG_FIELDS)
@@ -249,8 +152,6 @@ def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -
         for layer in ([picked] if picked else []) + layers:
             config = merge(config, layer, "override")
         return config
-
-    from keras_resnet import data  # reads an image header, no TensorFlow runtime
 
     if not recipe:
         config = assemble(None)
@@ -270,13 +171,11 @@ def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -
                 for k, v in fields.items() if config[s][k] != v]
         if kept:
             config["recipe"]["picked"] += f"; overridden: {', '.join(kept)}"
-    return check(config)
+    return RunConfig.from_dict(check(config))
 
 
 def _picked(config: dict) -> dict:
-    """What `finetune.pick` chooses for the data `config` names, as an override layer."""
-    from keras_resnet import data, finetune
-
+    """What `plan.pick` chooses for the data `config` names, as an override layer."""
     d, m = config["data"], config["model"]
     if not m["weights"]:
         check(config)  # refuses a fine-tuning recipe without weights, before the data is read
@@ -285,14 +184,14 @@ def _picked(config: dict) -> dict:
     record = registry.WEIGHTS.get(m["weights"])
     side = (max(d["image_size"]) if all(d["image_size"]) else record.eval_size if record else
             data.peek_image_side(d["name"], d["data_dir"] or None))
-    picked, why = finetune.pick(num_train, side, config["train"]["batch_size"])
+    picked, why = plan.pick(num_train, side, config["train"]["batch_size"])
     return {**picked, "recipe": {"picked": why}}
 
 
 def check(config: dict) -> dict:
-    """`config` once the fields that only take some values are checked, so that a bad one
-    fails before a run folder is touched; a published weight fills in its input size and
-    eval crop."""
+    """`config` once the fields that depend on each other are checked (each value was checked
+    as it was merged), so that a bad one fails before a run folder is touched; a published
+    weight fills in its input size and eval crop."""
     m, t = build_kwargs(config), config["train"]
     try:
         specs.resnet_spec(m["depth"], m["variant"], groups=m["groups"],
@@ -300,14 +199,6 @@ def check(config: dict) -> dict:
                           shortcut=m["shortcut"])
     except ValueError as err:
         raise RecipeError(f"[model] {err}") from err
-    choices = {"precision": ("auto", *PRECISIONS), "schedule": schedules.SCHEDULES}
-    for key, allowed in choices.items():
-        if t[key] not in allowed:
-            raise RecipeError(f"train.{key} must be one of {', '.join(allowed)}; got {t[key]!r}.")
-    from keras_resnet.finetune import BN_MODES
-
-    if t["bn_mode"] not in BN_MODES:
-        raise RecipeError(f"train.bn_mode must be one of {', '.join(BN_MODES)}; got {t['bn_mode']!r}.")
     if t["epochs"] == 0 and not (m["weights"] and t["head_steps"]):
         raise RecipeError("train.epochs must be at least 1; 0 (a linear probe: the head phase alone) "
                           "needs --weights and train.head_steps.")

@@ -27,6 +27,7 @@ import dataclasses
 import fnmatch
 
 from keras_resnet import specs
+from keras_resnet.files import dumps
 from keras_resnet.layers import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
 @dataclasses.dataclass(frozen=True)
@@ -232,8 +233,6 @@ def table(pattern: str = "*", fmt: str = "text") -> str:
     if not records:
         raise ValueError(f"No weights match {pattern!r}; `keras-resnet weights` lists them all.")
     if fmt == "json":
-        from keras_resnet.report import dumps
-
         return dumps([dataclasses.asdict(r) for r in records], indent=2)
     header = ("weights", "source", "top-1 %", "train / eval px", "eval crop", "hash", "license")
     rows = [(r.name, r.source, f"{r.top1:.2f}", f"{r.train_size} / {r.eval_size}", f"{r.crop_pct:g}",

@@ -1,81 +1,14 @@
-"""Run-folder reports: metrics.json, history.csv and PNG plots, each written atomically."""
+"""Scores and plots: probabilities -> top-1/top-5/loss/per-class accuracy and the confusion
+matrix (NumPy, any backend), and the PNG plots of a run."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import shutil
-from pathlib import Path
+from collections.abc import Sequence
 
+import keras
 import numpy as np
 
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def remove_dead_temporaries(directory: str | os.PathLike, prefix: str) -> None:
-    """Remove `directory/<prefix><pid>-*` entries left by processes that no longer run
-    (killed mid-write: SIGKILL, power loss)."""
-    for stale in Path(directory).glob(f"{prefix}*"):
-        try:
-            os.kill(int(stale.name[len(prefix):].split("-")[0]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            continue
-
-
-def strict(obj):
-    """`obj` with every NaN/inf float (Python or NumPy) replaced by None, so that it is
-    valid JSON for strict parsers (Python's json writes a bare `NaN` otherwise)."""
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def dumps(obj, **kwargs) -> str:
-    """Strict JSON text of `obj` (see `strict`)."""
-    return json.dumps(strict(obj), allow_nan=False, **kwargs)
-
-
-def write_json(path, obj) -> None:
-    write_atomic(path, dumps(obj, indent=2) + "\n")
-
-
-def read_json(path) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_history_csv(path, history: dict[str, list]) -> None:
-    keys = sorted(history)
-    rows = zip(*(history[k] for k in keys))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["epoch", *keys])
-    for epoch, row in enumerate(rows, 1):
-        writer.writerow([epoch, *("" if v is None else v for v in row)])
-    write_atomic(path, buffer.getvalue())
+from keras_resnet.errors import DataError
 
 
 def _figure(**kwargs):
@@ -137,3 +70,51 @@ def plot_confusion(path, matrix: np.ndarray, class_names: list[str], title: str 
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def predictions(predict, batches, mirrored: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Probabilities of every image of `batches` ((NHWC images, labels as indices or one-hot)
+    batches) by `predict` (images -> probabilities), of each image's horizontal mirror if
+    `mirrored` (else None), and the integer labels."""
+    plain, flipped, labels = [], [], []
+    for images, y in batches:
+        images, y = np.asarray(images), np.asarray(y)  # what every backend's `predict` takes
+        plain.append(keras.ops.convert_to_numpy(predict(images)))
+        if mirrored:
+            flipped.append(keras.ops.convert_to_numpy(predict(np.ascontiguousarray(images[:, :, ::-1]))))
+        labels.append(np.argmax(y, -1) if y.ndim == 2 else y)
+    classes = plain[0].shape[-1] if plain else 0
+
+    def stack(parts):
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, classes))
+
+    return (stack(plain), stack(flipped) if mirrored else None,
+            np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
+           mirrored: np.ndarray | None = None) -> dict:
+    """`evaluate_model`'s report from probabilities and integer labels; given the mirrored
+    images' probabilities, also the flip-TTA top-1, top-5 and loss under "flip_tta"."""
+    n = len(class_names)
+    if probs.shape[1] != n:
+        raise DataError(f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
+                                 "on data with the classes it was trained on.")
+    top5 = np.argsort(-probs, axis=1)[:, : min(5, n)]
+    predicted = top5[:, 0]
+    matrix = confusion_matrix(labels, predicted, n)
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    result = {
+        "accuracy": float(np.mean(predicted == labels)),
+        "top5_accuracy": float(np.mean((top5 == labels[:, None]).any(axis=1))),
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))),
+        "num_images": int(len(labels)),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+    }
+    if n <= 100:
+        result["confusion_matrix"] = matrix.tolist()
+    if mirrored is not None:
+        tta = scores((probs + mirrored) / 2, labels, class_names)
+        result["flip_tta"] = {k: tta[k] for k in ("accuracy", "top5_accuracy", "loss")}
+    return result

@@ -1,86 +1,32 @@
-"""The run folder: what `train` writes into it, and the reader that evaluation, export and
-the CLI use.
-
-A run folder holds config.json (the full resolved recipe), metrics.json and history.csv
-(rewritten after every epoch), checkpoints/ (the newest two: at epoch ends and, inside an
-epoch, every `train.checkpoint_every_steps` steps or `train.checkpoint_every_minutes`
-minutes; each written to a temporary file, fsynced and renamed), logs/ (TensorBoard), and
-at the end model.keras (the final model, float32, taking RGB pixels in [0, 255] and
-returning probabilities), curves.png and confusion_matrix.png.
-"""
+"""The run folder, written: starting, resuming or replacing a run (only the chief writes),
+the recorder of metrics.json and history.csv, crash-safe checkpoints and restoring them.
+`runfolder` reads it and describes its layout."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 
-from keras_resnet import recipes, report
+from keras_resnet import distribute, files
+from keras_resnet.config import RunConfig
+from keras_resnet.errors import RunError
+from keras_resnet.runfolder import (RESUME_GROUP, batches_of, checkpoints, context, damaged,  # noqa: F401
+                                    default_folder, position, read_config, read_metrics, state, summary, where)
 
+WORKER_PREFIX = "keras-resnet-worker-"
 # What `train` writes into a run folder; --overwrite removes these and nothing else.
 ENTRIES = ("config.json", "metrics.json", "history.csv", "checkpoints", "logs", "model.keras",
            "curves.png", "confusion_matrix.png", "tmp-model.keras", ".metrics.json.tmp",
            ".history.csv.tmp", ".config.json.tmp")
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on as asked (configuration clash, NaN loss); the message says why."""
-
-
-# -- the reader ------------------------------------------------------------------------------
-
-def read_config(folder: Path) -> dict | None:
-    """The configuration of the run folder `folder`; None when it is new or empty.
-    Raises `RunError` for a folder that holds anything else: it is never written to."""
-    if not folder.exists():
-        return None
-    if not folder.is_dir():
-        raise RunError(f"--output {folder} is a file, not a run folder; choose a new folder.")
-    if not any(folder.iterdir()):
-        return None
-    saved = report.read_json(folder / "config.json")
-    if not isinstance(saved, dict) or set(saved) != set(recipes.DEFAULTS):
-        raise RunError(f"--output {folder} is not empty and is not a keras-resnet run folder (it has "
-                       "no keras-resnet config.json); nothing in it was changed. Choose a new or "
-                       "empty folder.")
-    return recipes.upgrade_saved(saved)
-
-
-def read_metrics(folder: Path) -> dict:
-    """metrics.json of the run folder `folder` ({} when there is none yet)."""
-    return report.read_json(folder / "metrics.json") or {}
-
-
-def context(model_path: str | os.PathLike | None) -> dict:
-    """What the run folder beside a `train` model records: data, eval crop, class names.
-
-    `crop` is the run's `data.eval_crop_fraction` (0.0: none) when the folder has a
-    config.json, else None (no run configuration known)."""
-    if model_path is None:
-        return {}
-    folder = Path(model_path).resolve().parent
-    config = report.read_json(folder / "config.json")
-    data = (config or {}).get("data", {})
-    return {"data": data.get("name") or None, "data_dir": data.get("data_dir") or None,
-            "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
-            "class_names": read_metrics(folder).get("class_names"), "folder": folder}
-
-
-def default_folder(recipe: str | None) -> Path:
-    """Where `train` writes when no output is given: runs/<recipe name>."""
-    return Path("runs") / (Path(recipe).stem if recipe else "default")
-
-
-def summary(output: str | os.PathLike, metrics: dict) -> dict:
-    """The few numbers of a finished run that the CLI prints."""
-    return {"output": str(output), "epochs_completed": metrics["epochs_completed"],
-            "eval": {k: v for k, v in metrics.get("eval", {}).items()
-                     if k in ("accuracy", "top5_accuracy", "loss")}}
 
 
 # -- starting, resuming, replacing -----------------------------------------------------------
@@ -95,12 +41,13 @@ def clear(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def prepare(folder: Path, config: dict, overwrite: bool, log: Callable[[str], None]) -> str:
+def prepare(folder: Path, run_config: RunConfig | dict, overwrite: bool, log: Callable[[str], None]) -> str:
     """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`.
 
     A run that stopped before its first checkpoint (a bad data path, a crash in epoch 1)
     holds nothing to resume, so a different configuration simply replaces its config.json.
     """
+    config = run_config.to_dict() if isinstance(run_config, RunConfig) else run_config
     saved = read_config(folder)
     if overwrite and saved is not None:
         clear(folder)
@@ -118,15 +65,48 @@ def prepare(folder: Path, config: dict, overwrite: bool, log: Callable[[str], No
                        "--overwrite to replace it.")
     folder.mkdir(parents=True, exist_ok=True)
     if saved is None:
-        report.write_json(folder / "config.json", config)
+        files.write_json(folder / "config.json", config)
         return "new"
     return state(folder)
 
 
-def state(folder: Path) -> str:
-    """"complete" when the run in `folder` finished and saved its model, else "resume"."""
-    complete = read_metrics(folder).get("status") == "complete" and (folder / "model.keras").exists()
-    return "complete" if complete else "resume"
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """An opened run: `source` is the run folder, `folder` where this process writes (the
+    run folder on the chief, a scratch folder on the other workers); `state` is "new",
+    "resume" or "complete"."""
+
+    source: Path
+    folder: Path
+    state: str
+    chief: bool
+    strategy: Any
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    def close(self) -> None:
+        """Remove a worker's scratch folder (the chief's run folder stays)."""
+        if not self.chief:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def open_run(folder: Path, config: RunConfig, strategy, overwrite: bool, log: Callable[[str], None]) -> Run:
+    """Start, resume or find complete the run in `folder` (`prepare`); under multi-worker
+    only the chief writes it, the others read it and work in a scratch folder of their own,
+    and every worker agrees whether the run is complete."""
+    chief = distribute.is_chief(strategy)
+    if chief:
+        state_now = prepare(folder, config, overwrite, log)
+    else:  # read the chief's folder, never write it
+        state_now = "complete" if read_metrics(folder).get("status") == "complete" else "resume"
+    distribute.agree(strategy, int(state_now == "complete"), "whether the run is complete")
+    if state_now == "complete" or chief:
+        return Run(folder, folder, state_now, chief, strategy)
+    files.remove_dead_temporaries(tempfile.gettempdir(), WORKER_PREFIX)  # a killed worker's
+    scratch = Path(tempfile.mkdtemp(prefix=f"{WORKER_PREFIX}{os.getpid()}-"))
+    return Run(folder, scratch, state_now, chief, strategy)
 
 
 # -- what `fit` writes -----------------------------------------------------------------------
@@ -157,8 +137,8 @@ class Recorder(keras.callbacks.Callback):
     def write(self, status: str, **more) -> dict:
         metrics = {"status": status, "epochs_completed": self.epochs_completed,
                    "history": self.history, **self.extra, **more}
-        report.write_json(self.folder / "metrics.json", metrics)
-        report.write_history_csv(self.folder / "history.csv", self.history)
+        files.write_json(self.folder / "metrics.json", metrics)
+        files.write_history_csv(self.folder / "history.csv", self.history)
         return metrics
 
 
@@ -232,9 +212,6 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
             old.unlink()
 
 
-RESUME_GROUP = "keras_resnet_resume"  # in a checkpoint: the position and the state `save_weights` leaves out
-
-
 def _metric_variables(model: keras.Model) -> list:
     return [v for metric in model.metrics for v in metric.variables]
 
@@ -244,31 +221,6 @@ def _seed_variables(model: keras.Model) -> list:
     `save_weights` does not save."""
     return [layer.seed_generator.state for layer in model._flatten_layers()
             if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
-
-
-def checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, newest first."""
-    return sorted(folder.glob("epoch-*.weights.h5"), key=position, reverse=True)
-
-
-def position(path: Path) -> tuple[int, int]:
-    """Where a checkpoint was written: (epochs completed, steps done in the next one).
-    epoch-0007.weights.h5 -> (7, 0); epoch-0007-step-000050.weights.h5 -> (7, 50)."""
-    parts = path.name.split(".")[0].split("-")
-    return int(parts[1]), int(parts[3]) if len(parts) > 3 else 0
-
-
-def damaged(path: Path) -> str | None:
-    """Why the HDF5 file `path` is damaged (truncated, corrupt, unreadable data), or None
-    if every dataset in it reads back whole."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
-    except Exception as err:  # h5py raises OSError, KeyError, RuntimeError... on bad bytes
-        return f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
-    return None
 
 
 def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
@@ -308,16 +260,6 @@ def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
     return (0, 0), None
 
 
-def batches_of(path: Path) -> str | None:
-    """What drew the batches of the run that wrote checkpoint `path` (None: not recorded)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if RESUME_GROUP not in f:
-            return None
-        return f[RESUME_GROUP].attrs.get("batches") or None
-
-
 def _restore_extra_state(model: keras.Model, path: Path) -> list | None:
     """Seed generator states back into `model`; the saved metric totals of an in-epoch
     checkpoint. Checkpoints of older versions have neither."""
@@ -336,35 +278,3 @@ def _restore_extra_state(model: keras.Model, path: Path) -> list | None:
         return metrics if state.attrs["step"] else None
 
 
-def where(folder: Path) -> dict:
-    """Where the run in `folder` stands (`keras-resnet runs show`): its status, the epochs
-    done, each checkpoint (position; intact, or why not) and whether the same `train`
-    command resumes it, from where, or why not."""
-    config = read_config(folder)
-    if config is None:
-        raise RunError(f"{folder} holds no run (no config.json); give the --output folder of a "
-                       "`keras-resnet train` run.")
-    metrics = read_metrics(folder)
-    found = [{"file": p.name, "epochs_completed": position(p)[0], "step": position(p)[1],
-              "damaged": damaged(p)} for p in checkpoints(folder / "checkpoints")]
-    good = [c for c in found if c["damaged"] is None]
-    head = 1 if config["model"]["weights"] and config["train"]["head_steps"] else 0  # one history entry
-    shown = {"folder": str(folder), "status": metrics.get("status", "started"),
-             "epochs_completed": metrics.get("epochs_completed", 0), "epochs": head + config["train"]["epochs"],
-             "checkpoints": found}
-    if metrics.get("error"):
-        shown["error"] = metrics["error"]
-    if state(folder) == "complete":
-        return {**shown, "can_resume": False, "why": "the run is complete (model.keras saved); nothing to resume"}
-    if good and good[0]["epochs_completed"] >= shown["epochs"]:
-        return {**shown, "can_resume": True, "why": "every epoch is trained; the same `keras-resnet train` "
-                                                     "command evaluates and saves the model"}
-    if good:
-        epoch, step = good[0]["epochs_completed"], good[0]["step"]
-        return {**shown, "can_resume": True, "resumes_at": {"epoch": epoch + 1, "step": step + 1},
-                "why": f"the same `keras-resnet train` command (or --output {folder}) resumes from {good[0]['file']}"}
-    if found:
-        return {**shown, "can_resume": False, "why": "every checkpoint is damaged; start anew with --overwrite "
-                                                      "or another --output"}
-    return {**shown, "can_resume": False, "why": "no checkpoint was written yet; the same command starts the "
-                                                  "run again from its first step"}

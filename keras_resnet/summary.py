@@ -8,6 +8,9 @@ from contextlib import redirect_stdout
 
 import keras
 
+from keras_resnet.builder import build
+from keras_resnet.files import dumps
+
 
 def _all_layers(layer: keras.layers.Layer):
     for sub in layer._flatten_layers(include_self=False, recursive=False):
@@ -72,8 +75,6 @@ def report(depth: int | str | None = None, fmt: str = "text", *, all_models: boo
     """Parameter and MAC counts of `build(depth, **build_kwargs)` (with `show_layers`, Keras's
     layer summary first), or with `all_models` of every model in `MODEL_TABLE`; `fmt` is
     "text", "json" or "markdown"."""
-    from keras_resnet import build, report as report_lib
-
     layers = ""
     if all_models:
         rows = [(label, model_stats(build(**kwargs))) for label, kwargs in MODEL_TABLE]
@@ -87,7 +88,7 @@ def report(depth: int | str | None = None, fmt: str = "text", *, all_models: boo
                 model.summary()
             layers = out.getvalue()
     if fmt == "json":
-        return layers + report_lib.dumps([{"model": label, **stats} for label, stats in rows], indent=2)
+        return layers + dumps([{"model": label, **stats} for label, stats in rows], indent=2)
     if fmt == "markdown":
         lines = ["| model | input | trainable params | MACs |", "|---|---|---:|---:|"]
         for label, s in rows:

@@ -1,0 +1,34 @@
+"""Read-only, dict-style access to the frozen dataclasses of the configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class ReadsLikeDict:
+    """config.json-style, read-only access to a dataclass: `x["field"]`, `in`, `keys()`,
+    `items()`, iteration over the field names."""
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
