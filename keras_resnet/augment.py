@@ -31,7 +31,7 @@ def _allowed(test: Callable, must: str) -> dict:
     return {"test": test, "must": must}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class AugmentConfig(ReadsLikeDict):
     """A recipe's [augment] section: each augmentation and its "off" value."""
 

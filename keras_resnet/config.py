@@ -48,14 +48,14 @@ def _build_default(name: str) -> Any:
 _Section = ReadsLikeDict  # every section reads like its part of config.json
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RecipeInfo(_Section):
     name: str = ""
     description: str = ""
     picked: str = ""  # what `train.pick_from_data` chose, and why
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelConfig(_Section):
     """`build()`'s keywords with `build()`'s defaults; depth 20 (`build()` requires one) and
     bn_epsilon `layers.BN_EPSILON` (its None means "the weights' own": a recipe trains)."""
@@ -80,7 +80,7 @@ class ModelConfig(_Section):
         return {k: None if k in UNSET and v == UNSET[k] else v for k, v in dataclasses.asdict(self).items()}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DataConfig(_Section):
     name: str = "cifar10"  # a TFDS name, an image folder or an .npz file
     data_dir: str = ""
@@ -100,7 +100,7 @@ _AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TrainConfig(_Section):
     epochs: int = setting(30, lambda v: v >= 0, "at least 1 (0: the head phase alone, a linear probe)")
     batch_size: int = setting(128, *_AT_LEAST_1)  # global, over every device
@@ -137,7 +137,7 @@ SECTIONS: dict[str, type] = {"recipe": RecipeInfo, "model": ModelConfig, "data":
                              "augment": AugmentConfig, "train": TrainConfig}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RunConfig(ReadsLikeDict):
     """A run's whole configuration (what config.json holds)."""
 
@@ -155,6 +155,11 @@ class RunConfig(ReadsLikeDict):
     def from_dict(cls, config: dict[str, dict]) -> RunConfig:
         """From a complete, checked dict (`recipes.resolve`, an upgraded config.json)."""
         return cls(**{name: SECTIONS[name](**config[name]) for name in SECTIONS})
+
+    @classmethod
+    def of(cls, config: RunConfig | dict) -> RunConfig:
+        """`config` as a `RunConfig`: scripts may pass config.json's dict (complete, of today)."""
+        return config if isinstance(config, RunConfig) else cls.from_dict(config)
 
     def replace(self, section: str, **fields: Any) -> RunConfig:
         """A copy with `fields` of `section` changed."""

@@ -71,8 +71,9 @@ def _has_head(model: keras.Model) -> bool:
 
 # -- the model ---------------------------------------------------------------------------------
 
-def build_pretrained(config: RunConfig, *, num_classes: int, image_size: Sequence[int]) -> keras.Model:
+def build_pretrained(config: RunConfig | dict, *, num_classes: int, image_size: Sequence[int]) -> keras.Model:
     """The backbone `model.weights` gives, with a new `num_classes` head (see the module doc)."""
+    config = RunConfig.of(config)
     arch = config.model.build_kwargs()
     depth, source = arch.pop("depth"), arch.pop("weights")
     arch.update(input_shape=(*image_size, 3), include_top=False, pooling="avg")

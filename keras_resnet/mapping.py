@@ -1,4 +1,5 @@
-"""Read-only, dict-style access to the frozen dataclasses of the configuration."""
+"""Read-only, dict-style access to the frozen dataclasses of the configuration: they read,
+and compare equal, like the JSON they are saved as."""
 
 from __future__ import annotations
 
@@ -32,3 +33,18 @@ class ReadsLikeDict:
 
     def values(self) -> list[Any]:
         return [getattr(self, k) for k in self.keys()]
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a dict or dataclass of the same fields and values (config.json's)."""
+        if not isinstance(other, (dict, ReadsLikeDict)):
+            return NotImplemented
+        return plain(self) == plain(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def plain(value: Any) -> Any:
+    """`value` with every dataclass in it as a dict."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value

@@ -20,10 +20,11 @@ class Phase:
     steps: int
 
 
-def phases(config: RunConfig, steps_per_epoch: int) -> list[Phase]:
+def phases(config: RunConfig | dict, steps_per_epoch: int) -> list[Phase]:
     """The phases of the run `config` describes: the head phase, when fine-tuning with
     `train.head_steps`, is one epoch of that many steps; then `train.epochs` of the whole
     network (none with `train.epochs = 0`: a linear probe)."""
+    config = RunConfig.of(config)
     head = config.train.head_steps if config.model.weights else 0
     epochs = config.train.epochs
     first = [Phase("head", 0, 1, head)] if head else []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_DIR, ROOT, cli, last_line
-from keras_resnet import finetune, schedules
+from keras_resnet import finetune, plan as plan_lib, schedules
 
 FIVE = '["dog", "frog", "horse", "ship", "truck"]'
 
@@ -114,7 +114,7 @@ def test_the_head_phase_leaves_the_whole_backbone_untouched(trained_run, tmp_pat
     assert "Phase 'head': 7 steps of the new head alone." in result.stdout
     config = json.loads((output / "config.json").read_text())
     model = finetune.build_pretrained(config, num_classes=5, image_size=(32, 32))
-    plan = finetune.phases(config, steps_per_epoch=7)
+    plan = plan_lib.phases(config, steps_per_epoch=7)
     training.compile_model(model, config, steps_per_epoch=7, phase=plan[0])
     model.optimizer.build(model.trainable_variables)  # the head phase's optimizer, as resume does
     model.load_weights(output / "checkpoints" / "epoch-0001.weights.h5")

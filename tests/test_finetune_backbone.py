@@ -10,7 +10,7 @@ import pytest
 
 import keras_resnet as kr
 from conftest import CIFAR_DIR, small_cifar_folder
-from keras_resnet import finetune, recipes, training
+from keras_resnet import finetune, plan as plan_lib, recipes, training
 
 
 def config_for(source, **train) -> dict:
@@ -57,7 +57,7 @@ def test_the_backbone_keeps_the_sources_input_normalization(sources, cifar_image
 def test_layers_frozen_in_the_source_stay_frozen_in_every_phase_and_when_saved(sources):
     config = config_for(sources["frozen"])
     model = finetune.build_pretrained(config, num_classes=3, image_size=(32, 32))
-    plan = finetune.phases(config, steps_per_epoch=10)
+    plan = plan_lib.phases(config, steps_per_epoch=10)
     assert [p.name for p in plan] == ["head", "all"] and plan[0].steps == config["train"]["head_steps"]
     block = model.get_layer("conv3_block1")
     for phase in plan:
@@ -93,7 +93,7 @@ def test_recast_to_float32_copies_a_mixed_precision_model_uncompiled():
 
 def test_bn_modes(sources, cifar_images):
     model = finetune.build_pretrained(config_for(sources["normalization"]), num_classes=3, image_size=(32, 32))
-    all_phase = finetune.Phase("all", 1, 2, 5)
+    all_phase = plan_lib.Phase("all", 1, 2, 5)
     bns = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     finetune.set_trainable(model, all_phase, "frozen")
     assert not any(bn.trainable for bn in bns)
@@ -151,18 +151,18 @@ def test_the_finished_model_is_the_trained_one_even_without_the_source(sources, 
 
 
 def test_pick_follows_the_data_and_overrides_win():
-    small, why = finetune.pick(250, 32, 64)
-    large, _ = finetune.pick(25_000, 32, 64)
+    small, why = plan_lib.pick(250, 32, 64)
+    large, _ = plan_lib.pick(25_000, 32, 64)
     assert small["train"]["lr"] < large["train"]["lr"] <= 0.05
     assert small["train"]["epochs"] * 250 >= 600 * 64 - 250 and large["train"]["epochs"] == 30
-    assert finetune.pick(5000, 224, 64)[0]["augment"]["random_resized_crop"]
-    assert finetune.pick(5000, 32, 8)[0]["train"]["bn_mode"] == "frozen_stats"
+    assert plan_lib.pick(5000, 224, 64)[0]["augment"]["random_resized_crop"]
+    assert plan_lib.pick(5000, 32, 8)[0]["train"]["bn_mode"] == "frozen_stats"
     assert "250 images of 32 px at batch 64" in why
-    assert finetune.pick(5000, 32, 256)[0]["train"]["head_lr"] == small["train"]["head_lr"]  # train scales it
+    assert plan_lib.pick(5000, 32, 256)[0]["train"]["head_lr"] == small["train"]["head_lr"]  # train scales it
     config = recipes.resolve(None, ["train.lr=0.2"], weights="x.keras", data=str(CIFAR_DIR),
                              max_train_samples=1000)
     assert config["recipe"]["name"] == "finetune" and config["train"]["lr"] == 0.2
-    picked = finetune.pick(1000, 32, 64)[0]
+    picked = plan_lib.pick(1000, 32, 64)[0]
     assert config["train"]["epochs"] == picked["train"]["epochs"]
     assert config["recipe"]["picked"].startswith("finetune picked for 1000 images of 32 px at batch 64")
     assert config["recipe"]["picked"].endswith("overridden: train.lr=0.2")

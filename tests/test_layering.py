@@ -4,6 +4,7 @@ import counted, those inside functions too (a lazy import is for an optional hea
 dependency, never to dodge a cycle)."""
 
 import ast
+import fnmatch
 import pathlib
 
 import pytest
@@ -112,3 +113,49 @@ def test_no_import_cycles():
 def test_the_reader_sees_every_kind_of_import(source, expected):
     known = {module_name(p) for p in PACKAGE.rglob("*.py")}
     assert imported(source, "evaluation", False, known) == expected
+
+
+MAX_LINES, MAX_PARAMS = 60, 8
+
+
+def allowed_exceptions() -> list[str]:
+    """The functions CONTRIBUTING.md's *Functions* table lets run longer or take more."""
+    text = (ROOT / "CONTRIBUTING.md").read_text().split("### Functions", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    return [name.strip(" `") for row in rows for name in row.split(",")]
+
+
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """The lines of a function after its signature and docstring."""
+    body = node.body
+    has_doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1
+    return node.end_lineno - (body[1] if has_doc else body[0]).lineno + 1
+
+
+def oversized() -> list[tuple[str, int, int]]:
+    """(module.function, lines, parameters) of each function past either limit."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for parent in ast.walk(tree):
+            for node in ast.iter_child_nodes(parent):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                args = node.args
+                params = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg not in ("self", "cls")]
+                lines = body_lines(node)
+                if lines > MAX_LINES or len(params) > MAX_PARAMS:
+                    owner = f"{parent.name}." if isinstance(parent, ast.ClassDef) else ""
+                    found.append((f"{module_name(path)}.{owner}{node.name}", lines, len(params)))
+    return found
+
+
+def test_functions_fit_on_a_screen_and_take_few_parameters_but_the_listed_exceptions():
+    """At most 60 lines below the docstring, always; more than 8 parameters only where
+    CONTRIBUTING.md says why."""
+    allowed = allowed_exceptions()
+    assert "builder.build" in allowed  # the table was read
+    long = [f"{name}: {lines} lines" for name, lines, _ in oversized() if lines > MAX_LINES]
+    many = [f"{name}: {count} parameters" for name, _, count in oversized()
+            if count > MAX_PARAMS and not any(fnmatch.fnmatch(name, pattern) for pattern in allowed)]
+    assert not long + many, "split these, or list them with a reason in CONTRIBUTING.md:\n" + "\n".join(long + many)

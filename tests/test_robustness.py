@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_DIR, ROOT, SMALL, cli, run_python, small_cifar_folder
-from keras_resnet import benchmarking, build, cli as cli_module, recipes, report, runs, training
+from keras_resnet import benchmarking, build, cli as cli_module, files, recipes, report, runs, training
 from keras_resnet.layers import FUSED_MIN_EPSILON, BatchNormalization
 
 
@@ -136,7 +136,7 @@ def test_overwrite_of_a_run_folder_removes_only_what_train_wrote(trained_run, tm
 # 5. every JSON file is strict JSON -------------------------------------------------------------
 
 def test_json_files_never_hold_bare_nan(tmp_path):
-    report.write_json(tmp_path / "m.json", {"loss": [1.0, float("nan"), np.float32("inf")],
+    files.write_json(tmp_path / "m.json", {"loss": [1.0, float("nan"), np.float32("inf")],
                                             "n": np.int64(3), "ok": float("-inf")})
     assert strict_json((tmp_path / "m.json").read_text()) == {"loss": [1.0, None, None], "n": 3,
                                                               "ok": None}

@@ -37,17 +37,18 @@ def restore(model: keras.Model, config: RunConfig, plan: Sequence[Phase], steps_
             run: runs.Run, log: Callable[[str], None]) -> tuple[Position, Phase]:
     """Set up the phase a resume comes back into and load the newest checkpoint into it (a
     checkpoint holds the optimizer of the phase that wrote it); a new run's first phase."""
-    if run.state != "resume":
-        enter_phase(model, config, steps_per_epoch, plan[0], compiled=True)
-        return Position(), plan[0]
-    found = [p for p in runs.checkpoints(run.source / "checkpoints") if not runs.damaged(p)]
-    epoch, step = runs.position(found[0]) if found else (0, 0)  # the one `restore_latest` loads
-    phase = resume_phase(plan, epoch, step)
+    epoch, step, metrics, found = 0, 0, None, []
+    phase = plan[0]
+    if run.state == "resume":
+        found = [p for p in runs.checkpoints(run.source / "checkpoints") if not runs.damaged(p)]
+        epoch, step = runs.position(found[0]) if found else (0, 0)  # the one `restore_latest` loads
+        phase = resume_phase(plan, epoch, step)
     enter_phase(model, config, steps_per_epoch, phase, compiled=phase is plan[0])
-    (epoch, step), metrics = runs.restore_latest(model, run.source / "checkpoints", log, clean=run.chief)
-    if config.train.ema and not step and epoch == phase.end:
-        # Written at the phase's last epoch end, before `fit` swapped the averages in.
-        model.optimizer.finalize_variable_values(model.trainable_variables)
+    if run.state == "resume":
+        (epoch, step), metrics = runs.restore_latest(model, run.source / "checkpoints", log, clean=run.chief)
+        if config.train.ema and not step and epoch == phase.end:
+            # Written at the phase's last epoch end, before `fit` swapped the averages in.
+            model.optimizer.finalize_variable_values(model.trainable_variables)
     epoch = distribute.agree(run.strategy, epoch, "the epoch to resume from")
     step = distribute.agree(run.strategy, step, "the step to resume from")
     if epoch or step:

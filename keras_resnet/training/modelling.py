@@ -15,11 +15,12 @@ from keras_resnet.config import RunConfig
 from keras_resnet.plan import Phase, phases
 
 
-def build_model(config: RunConfig, *, num_classes: int, image_size: Sequence[int],
+def build_model(config: RunConfig | dict, *, num_classes: int, image_size: Sequence[int],
                 normalization=None) -> keras.Model:
     """The recipe's model: from scratch with `normalization` (the data's mean, std) inside,
     or on `model.weights` with a new head (`finetune.build_pretrained`). New kernels are drawn
     from `train.seed` alike on every backend (`reinitialize`)."""
+    config = RunConfig.of(config)
     kwargs = config.model.build_kwargs()
     if kwargs.pop("weights"):
         model = finetune.build_pretrained(config, num_classes=num_classes, image_size=image_size)
@@ -42,7 +43,7 @@ def _schedule(config: RunConfig, phase: Phase) -> keras.optimizers.schedules.Lea
         boundaries=t.boundaries, factor=t.factor, pct_start=t.pct_start, final_div=t.final_div)
 
 
-def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int,
+def compile_model(model: keras.Model, config: RunConfig | dict, steps_per_epoch: int,
                   phase: Phase | None = None) -> keras.optimizers.schedules.LearningRateSchedule:
     """SGD + the phase's schedule, label-smoothed cross-entropy, top-1/top-5; returns the schedule.
 
@@ -51,6 +52,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int,
     "all" phase the recipe's schedule (the backbone's steps scaled by `train.backbone_lr_scale`
     when fine-tuning). Layers are frozen as the phase and `train.bn_mode` ask.
     """
+    config = RunConfig.of(config)
     t = config.train
     phase = phase or phases(config, steps_per_epoch)[0]
     finetune.set_trainable(model, phase, t.bn_mode)
@@ -70,13 +72,14 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int,
     return schedule
 
 
-def build_compiled(config: RunConfig, *, num_classes: int, image_size: Sequence[int], normalization,
+def build_compiled(config: RunConfig | dict, *, num_classes: int, image_size: Sequence[int], normalization,
                    steps_per_epoch: int) -> tuple[keras.Model, keras.optimizers.schedules.LearningRateSchedule, str]:
     """The model and compiled step `train` uses: (model, schedule, precision policy name).
 
     The mixed-precision policy applies while the layers are built; the caller's global
     policy is restored afterwards.
     """
+    config = RunConfig.of(config)
     precision = backends.resolve_precision(config.train.precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
