@@ -193,6 +193,43 @@ def _stem(x, spec: ResNetSpec, conv_kwargs: dict, bn_kwargs: dict):
     return x
 
 
+def _stages(x, spec: ResNetSpec, drop_path_rate: float, block_kwargs: dict) -> tuple:
+    """The residual stages on `x`: the output and {total stride: the last feature map there}."""
+    stride = 1 if spec.stem == "cifar" else 4
+    features = {}
+    block_index, last_index = 0, max(spec.num_blocks - 1, 1)
+    for s, stage in enumerate(spec.stages):
+        block_cls = BLOCKS[(stage.block, spec.preact)]
+        extra = (dict(stride_on=spec.stride_on, groups=spec.groups, width_per_group=spec.width_per_group)
+                 if stage.block == "bottleneck" else {})
+        for b in range(stage.repeats):
+            strided = b == (stage.repeats - 1 if spec.stride_in_last_block else 0)
+            block_stride = stage.stride if strided else 1
+            x = block_cls(stage.filters, block_stride, shortcut=spec.shortcut, se_ratio=spec.se_ratio,
+                          drop_path_rate=drop_path_rate * block_index / last_index,
+                          name=f"conv{s + 2}_block{b + 1}", **block_kwargs, **extra)(x)
+            stride *= block_stride
+            features[stride] = x
+            block_index += 1
+    return x, features
+
+
+def _top(x, include_top: bool, pooling: str | None, num_classes: int, classifier_activation: str | None,
+         weight_decay: float, data_format: str):
+    """The classifier (`avg_pool`, `predictions`), a pooling, or the feature map itself."""
+    if include_top:
+        x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        # Under a mixed-precision policy the classifier still computes in float32.
+        mixed = keras.config.dtype_policy().name.startswith("mixed")
+        return layers.Dense(num_classes, activation=classifier_activation, kernel_regularizer=l2(weight_decay),
+                            dtype="float32" if mixed else None, name="predictions")(x)
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
+    return x
+
+
 def build_from_spec(
     spec: ResNetSpec,
     *,
@@ -248,49 +285,17 @@ def build_from_spec(
                      weight_decay=bn_weight_decay)
     x = _stem(x, spec, conv_kwargs, bn_kwargs)
 
-    stride = 1 if spec.stem == "cifar" else 4
-    features = {}  # the last feature map at each total stride
-    block_index, last_index = 0, max(spec.num_blocks - 1, 1)
-    for s, stage in enumerate(spec.stages):
-        block_cls = BLOCKS[(stage.block, spec.preact)]
-        extra = (dict(stride_on=spec.stride_on, groups=spec.groups,
-                      width_per_group=spec.width_per_group)
-                 if stage.block == "bottleneck" else {})
-        for b in range(stage.repeats):
-            strided = b == (stage.repeats - 1 if spec.stride_in_last_block else 0)
-            block_stride = stage.stride if strided else 1
-            x = block_cls(
-                stage.filters, block_stride, shortcut=spec.shortcut, se_ratio=spec.se_ratio,
-                drop_path_rate=drop_path_rate * block_index / last_index,
-                zero_init_residual=zero_init_residual, weight_decay=weight_decay,
-                bn_weight_decay=bn_weight_decay, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                data_format=data_format,
-                name=f"conv{s + 2}_block{b + 1}", **extra,
-            )(x)
-            stride *= block_stride
-            features[stride] = x
-            block_index += 1
+    block_kwargs = dict(zero_init_residual=zero_init_residual, weight_decay=weight_decay,
+                        bn_weight_decay=bn_weight_decay, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+                        data_format=data_format)
+    x, features = _stages(x, spec, drop_path_rate, block_kwargs)
     if spec.preact:
         x = batch_norm("post_bn", **bn_kwargs)(x)
         x = layers.Activation("relu", name="post_relu")(x)
-        features[stride] = x
-
+        features[max(features)] = x
     pyramid = {f"P{int(math.log2(s))}": t for s, t in features.items()}
-    if pyramid_outputs:
-        outputs = pyramid
-    elif include_top:
-        x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
-        # Under a mixed-precision policy the classifier still computes in float32.
-        mixed = keras.config.dtype_policy().name.startswith("mixed")
-        outputs = layers.Dense(num_classes, activation=classifier_activation,
-                               kernel_regularizer=l2(weight_decay),
-                               dtype="float32" if mixed else None, name="predictions")(x)
-    elif pooling == "avg":
-        outputs = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
-    elif pooling == "max":
-        outputs = layers.GlobalMaxPooling2D(data_format=data_format, name="max_pool")(x)
-    else:
-        outputs = x
+    outputs = pyramid if pyramid_outputs else _top(x, include_top, pooling, num_classes, classifier_activation,
+                                                     weight_decay, data_format)
     model = keras.Model(inputs, outputs, name=name)
     model.pyramid_outputs = pyramid  # keras-hub's contract (features.pyramid_outputs after a load)
     return model

@@ -18,10 +18,14 @@ TRAIN_HELP = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keras-resnet", description="The ResNet family for Keras 3.")
+    parser = argparse.ArgumentParser(prog="keras-resnet", description="The ResNet family for Keras 3.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_summary, _add_train, _add_runs, _add_recipes, _add_evaluate, _add_predict, _add_export, _add_weights, _add_benchmark):
+        add(sub)
+    return parser
 
+
+def _add_summary(sub) -> None:
     summary = sub.add_parser("summary", help="parameter and MAC counts of a model, or the whole table")
     summary.add_argument("--depth", type=int, help="e.g. 18, 50, 101 (ImageNet) or 20, 56, 110 (CIFAR)")
     summary.add_argument("--variant", help="v1, v1.5 (default), v1d, v2, or cifar")
@@ -34,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     summary.add_argument("--layers", action="store_true", help="also print Keras's layer summary")
 
+
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train with model.fit into a run folder (resumes after a crash)")
     train.add_argument("--recipe", help="a shipped recipe (see `keras-resnet recipes`) or a .toml path")
     train.add_argument("--output", default=None, help="run folder (default: runs/<recipe>)")
@@ -49,13 +55,19 @@ def _parser() -> argparse.ArgumentParser:
                             "--batch-size is the global batch")
     train.add_argument("--tpu", help="TPU address or name for --strategy tpu (default: TPU_NAME / Colab's)")
 
+
+def _add_runs(sub) -> None:
     runs = sub.add_parser("runs", help="where a training run stands: checkpoints, step, whether it can resume")
     runs.add_argument("action", choices=("show",))
     runs.add_argument("folder", help="the run folder (train's --output)")
 
+
+def _add_recipes(sub) -> None:
     recipes = sub.add_parser("recipes", help="list the shipped recipes")
     recipes.add_argument("--show", metavar="NAME", help="print one recipe's full resolved configuration")
 
+
+def _add_evaluate(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a .keras model")
     evaluate.add_argument("model")
     evaluate.add_argument("--data", required=True, help="TFDS name or folder")
@@ -69,11 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--flip-tta", action="store_true",
                           help="average each image's prediction with its horizontal mirror's")
 
+
+def _add_predict(sub) -> None:
     predict = sub.add_parser("predict", help="top-k classes of image files")
     predict.add_argument("model")
     predict.add_argument("images", nargs="+")
     predict.add_argument("--top-k", type=int, default=5)
 
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="SavedModel for TF Serving, TFLite, .keras, weights or ONNX, "
                                            "verified against the Keras model")
     export.add_argument("model", help="a .keras file, e.g. runs/cifar10-fast/model.keras")
@@ -93,10 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--data-dir", help="TFDS data_dir")
     export.add_argument("--overwrite", action="store_true", help="replace an existing file (atomically); SavedModel versions are never replaced")
 
+
+def _add_weights(sub) -> None:
     weights = sub.add_parser("weights", help="the published weights build() takes, as a table")
     weights.add_argument("pattern", nargs="?", default="*", help="a model name or a glob, e.g. 'resnet50*'")
     weights.add_argument("--format", choices=("text", "json", "markdown"), default="text")
 
+
+def _add_benchmark(sub) -> None:
     bench = sub.add_parser("benchmark", help="images/s of the default training or inference step")
     bench.add_argument("--depth", type=int, default=20)
     bench.add_argument("--mode", choices=("train", "predict"), default="train")
@@ -106,7 +126,6 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=5,
                        help="timed windows of --steps steps; reports the median, best and spread")
     bench.add_argument("--precision", default="auto")
-    return parser
 
 
 def _train(args) -> int:

@@ -328,71 +328,89 @@ def _fold_epsilon(variance: np.ndarray, source: float, layer, where: str) -> np.
     return variance
 
 
-def _torch_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
-    arrays, path = checkpoint.arrays, checkpoint.path
-    _require_stride_on(model, checkpoint, "3x3", "a torchvision/timm network (v1.5: strides on the 3x3)")
-    plan: Plan = []
-    used: set[str] = set()
+class _StateDictPlan:
+    """Pairs of (variable, array) from a PyTorch state dict, checked key by key: a missing
+    key, a wrong shape or a key left over is refused with the models the file does fit."""
 
-    def refuse(key: str, what: str) -> ValueError:
-        fits = fitting_models(checkpoint)
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint, self.arrays, self.path = checkpoint, checkpoint.arrays, checkpoint.path
+        self.plan: Plan = []
+        self.used: set[str] = set()
+
+    def refuse(self, key: str, what: str) -> ValueError:
+        fits = fitting_models(self.checkpoint)
         hint = f"It fits: {', '.join(fits)}." if fits else "No registry model fits it."
-        return ValueError(f"Weights file {path!r} does not fit this model at key {key!r}: {what}. {hint}")
+        return ValueError(f"Weights file {self.path!r} does not fit this model at key {key!r}: {what}. {hint}")
 
-    def take(key: str, variable, transform=lambda a: a, torch_shape=tuple):
-        if key not in arrays:
-            raise refuse(key, f"missing from the file (the model expects shape {torch_shape(variable.shape)})")
-        array = transform(arrays[key])
+    def take(self, key: str, variable, transform=lambda a: a, torch_shape=tuple) -> None:
+        if key not in self.arrays:
+            raise self.refuse(key, f"missing from the file (the model expects shape {torch_shape(variable.shape)})")
+        array = transform(self.arrays[key])
         if array.shape != tuple(variable.shape):
-            raise refuse(key, f"the file has shape {arrays[key].shape}, the model expects "
-                              f"{torch_shape(variable.shape)}")
-        used.add(key)
-        plan.append((variable, array))
+            raise self.refuse(key, f"the file has shape {self.arrays[key].shape}, the model expects "
+                                   f"{torch_shape(variable.shape)}")
+        self.used.add(key)
+        self.plan.append((variable, array))
 
-    def conv(layer, key):
-        take(f"{key}.weight", layer.kernel, lambda a: a.transpose(2, 3, 1, 0),
-             lambda s: (s[3], s[2], s[0], s[1]))
+    def conv(self, layer, key: str) -> None:
+        self.take(f"{key}.weight", layer.kernel, lambda a: a.transpose(2, 3, 1, 0),
+                  lambda s: (s[3], s[2], s[0], s[1]))
         if layer.use_bias:
-            take(f"{key}.bias", layer.bias)
+            self.take(f"{key}.bias", layer.bias)
 
-    def bn(layer, key):
-        take(f"{key}.weight", layer.gamma)
-        take(f"{key}.bias", layer.beta)
-        take(f"{key}.running_mean", layer.moving_mean)
-        take(f"{key}.running_var", layer.moving_variance,
-             lambda a: _fold_epsilon(a, checkpoint.bn_epsilon, layer, f"{path!r} at {key}"))
-        used.add(f"{key}.num_batches_tracked")
+    def bn(self, layer, key: str) -> None:
+        self.take(f"{key}.weight", layer.gamma)
+        self.take(f"{key}.bias", layer.beta)
+        self.take(f"{key}.running_mean", layer.moving_mean)
+        self.take(f"{key}.running_var", layer.moving_variance,
+                  lambda a: _fold_epsilon(a, self.checkpoint.bn_epsilon, layer, f"{self.path!r} at {key}"))
+        self.used.add(f"{key}.num_batches_tracked")
 
-    def either(layer, key):
-        (bn if isinstance(layer, keras.layers.BatchNormalization) else conv)(layer, key)
+    def either(self, layer, key: str) -> None:
+        (self.bn if isinstance(layer, keras.layers.BatchNormalization) else self.conv)(layer, key)
 
+    def dense(self, layer, key: str) -> None:
+        self.take(f"{key}.weight", layer.kernel, lambda a: a.T, lambda s: (s[1], s[0]))
+        self.take(f"{key}.bias", layer.bias)
+
+    def finish(self, ignored: set[str]) -> Plan:
+        """The plan, once no key of the file is left unused (but `ignored` ones)."""
+        extra = [k for k in self.arrays
+                 if k not in self.used and k not in ignored and not k.endswith("num_batches_tracked")]
+        if extra:
+            raise self.refuse(extra[0], f"in the file (shape {self.arrays[extra[0]].shape}), not in this model")
+        return self.plan
+
+
+def _torch_block(planner: _StateDictPlan, layer, prefix: str) -> None:
+    """One residual block's variables from torchvision's/timm's keys under `prefix`."""
+    for attr in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
+        if getattr(layer, attr, None) is not None:
+            planner.either(getattr(layer, attr), f"{prefix}.{attr}")
+    if getattr(layer, "shortcut_conv", None) is not None:
+        index = 1 if layer.shortcut_kind == "avgpool" else 0  # timm: (pool, conv, bn)
+        planner.conv(layer.shortcut_conv, f"{prefix}.downsample.{index}")
+        planner.bn(layer.shortcut_bn, f"{prefix}.downsample.{index + 1}")
+    if getattr(layer, "se", None) is not None:
+        planner.conv(layer.se.reduce, f"{prefix}.se.fc1")
+        planner.conv(layer.se.expand, f"{prefix}.se.fc2")
+
+
+def _torch_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    _require_stride_on(model, checkpoint, "3x3", "a torchvision/timm network (v1.5: strides on the 3x3)")
+    planner = _StateDictPlan(checkpoint)
     blocks = {id(layer): (s, b) for s, b, layer in _blocks(model)}
     for layer in model.layers:
         if layer.name in _TORCH_STEM:
-            either(layer, _TORCH_STEM[layer.name])
+            planner.either(layer, _TORCH_STEM[layer.name])
         elif id(layer) in blocks:
             s, b = blocks[id(layer)]
-            prefix = f"layer{s - 1}.{b - 1}"
-            for attr in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
-                if getattr(layer, attr, None) is not None:
-                    either(getattr(layer, attr), f"{prefix}.{attr}")
-            if getattr(layer, "shortcut_conv", None) is not None:
-                index = 1 if layer.shortcut_kind == "avgpool" else 0  # timm: (pool, conv, bn)
-                conv(layer.shortcut_conv, f"{prefix}.downsample.{index}")
-                bn(layer.shortcut_bn, f"{prefix}.downsample.{index + 1}")
-            if getattr(layer, "se", None) is not None:
-                conv(layer.se.reduce, f"{prefix}.se.fc1")
-                conv(layer.se.expand, f"{prefix}.se.fc2")
+            _torch_block(planner, layer, f"layer{s - 1}.{b - 1}")
         elif layer.name == "predictions":
-            take("fc.weight", layer.kernel, lambda a: a.T, lambda s: (s[1], s[0]))
-            take("fc.bias", layer.bias)
+            planner.dense(layer, "fc")
         elif layer.weights:
-            raise refuse(layer.name, "this layer has no counterpart in torchvision's or timm's layout")
-    ignored = set() if _has_top(model) else {"fc.weight", "fc.bias"}
-    extra = [k for k in arrays if k not in used and k not in ignored and not k.endswith("num_batches_tracked")]
-    if extra:
-        raise refuse(extra[0], f"in the file (shape {arrays[extra[0]].shape}), not in this model")
-    return plan
+            raise planner.refuse(layer.name, "this layer has no counterpart in torchvision's or timm's layout")
+    return planner.finish(set() if _has_top(model) else {"fc.weight", "fc.bias"})
 
 
 def _keras_applications_targets(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:

@@ -15,6 +15,7 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -239,11 +240,9 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
 
 # -- TFDS ----------------------------------------------------------------------------------
 
-def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int | None = None,
-              max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True,
-              classes: list[str] | None = None) -> Splits:
-    """A TFDS image-classification dataset by name (image/label features); `classes` keeps
-    those classes only, labelled 0.. in that order."""
+def _tfds_builder(name: str, data_dir: str | None):
+    """TFDS's builder of `name`, prepared, with image/label features and a train and an eval
+    split; one-line `DataError`s otherwise."""
     import tensorflow_datasets as tfds
 
     try:
@@ -263,11 +262,53 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
                         "with train/ and test/ class folders, e.g. --data ../shared/datasets/"
                         "cifar10-jpeg.") from err
     splits = list(builder.info.splits)
-    eval_split = next((s for s in EVAL_SPLIT_NAMES if s in splits), None)
-    if "train" not in splits or eval_split is None:
+    if "train" not in splits or not any(s in splits for s in EVAL_SPLIT_NAMES):
         raise DataError(f"TFDS dataset {name!r} needs a train split and one of {EVAL_SPLIT_NAMES}; "
                         f"it has {splits}.")
+    return builder
 
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsReader:
+    """Reads one split of a prepared TFDS dataset: the classes kept (`remap`: TFDS label ->
+    ours, -1 for a class left out), a seeded stratified subset."""
+
+    builder: Any
+    remap: np.ndarray
+    subset_classes: bool
+    read_config: Any
+
+    def take(self, split: str, n: int | None, seed: int) -> tuple[tf.data.Dataset, int]:
+        import tensorflow_datasets as tfds
+
+        builder, remap = self.builder, self.remap
+        ds = builder.as_dataset(split=split, as_supervised=True, read_config=self.read_config)
+        total = builder.info.splits[split].num_examples
+        if self.subset_classes:
+            ds = ds.map(lambda image, label: (image, tf.gather(remap, tf.cast(label, tf.int32))))
+        if (n is None or n >= total) and not self.subset_classes:
+            return ds, total
+        undecoded = builder.as_dataset(split=split, as_supervised=True,
+                                       decoders={"image": tfds.decode.SkipDecoding()})
+        labels = remap[np.fromiter((int(label) for _, label in tfds.as_numpy(undecoded)), np.int32)]
+        keep = np.zeros(total, bool)
+        chosen = np.flatnonzero(labels >= 0)
+        keep[chosen[stratified_subset(labels[chosen], n, seed)]] = True
+        mask = tf.constant(keep)
+        ds = ds.enumerate().filter(lambda i, _: mask[i]).map(lambda _, example: example)
+        return ds, int(keep.sum())
+
+
+def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int | None = None,
+              max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True,
+              classes: list[str] | None = None) -> Splits:
+    """A TFDS image-classification dataset by name (image/label features); `classes` keeps
+    those classes only, labelled 0.. in that order."""
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir)
+    features = builder.info.features
+    eval_split = next(s for s in EVAL_SPLIT_NAMES if s in builder.info.splits)
     all_names = features["label"].names
     picked = _pick_classes(all_names, classes, f"TFDS {name!r}")
     remap = np.full(len(all_names), -1, np.int32)
@@ -278,30 +319,12 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
     in_memory = bool(size and max(size) <= MEMORY_MAX_SIDE and include_train)
     # We cache small splits ourselves: TFDS's own autocache would be a second copy, and the
     # statistics sample below would read it partially (TensorFlow then discards it, warning).
-    read_config = tfds.ReadConfig(try_autocache=not in_memory)
-
-    def take(split, n, split_seed):
-        ds = builder.as_dataset(split=split, as_supervised=True, read_config=read_config)
-        total = builder.info.splits[split].num_examples
-        if classes:
-            ds = ds.map(lambda image, label: (image, tf.gather(remap, tf.cast(label, tf.int32))))
-        if (n is None or n >= total) and not classes:
-            return ds, total
-        undecoded = builder.as_dataset(split=split, as_supervised=True,
-                                       decoders={"image": tfds.decode.SkipDecoding()})
-        labels = remap[np.fromiter((int(label) for _, label in tfds.as_numpy(undecoded)), np.int32)]
-        keep = np.zeros(total, bool)
-        chosen = np.flatnonzero(labels >= 0)
-        keep[chosen[stratified_subset(labels[chosen], n, split_seed)]] = True
-        mask = tf.constant(keep)
-        ds = ds.enumerate().filter(lambda i, _: mask[i]).map(lambda _, example: example)
-        return ds, int(keep.sum())
-
+    reader = _TfdsReader(builder, remap, bool(classes), tfds.ReadConfig(try_autocache=not in_memory))
     if include_train:
-        train, n_train = take("train", max_train_samples, seed)
+        train, n_train = reader.take("train", max_train_samples, seed)
     else:
         train, n_train = builder.as_dataset(split="train", as_supervised=True).take(0), 0
-    test, n_test = take(eval_split, max_eval_samples, seed + 1)
+    test, n_test = reader.take(eval_split, max_eval_samples, seed + 1)
     cast = lambda image, label: (image, tf.cast(label, tf.int32))  # noqa: E731
     train, test = train.map(cast), test.map(cast)
     if in_memory:

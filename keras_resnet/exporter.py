@@ -26,6 +26,7 @@ Placement, for model servers that poll the output while it is written:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -66,7 +67,7 @@ class _Layout(evaluation.Layout):
     def __init__(self, model: keras.Model):
         try:
             super().__init__(model)
-        except evaluation.ModelError as err:
+        except ModelError as err:
             raise ExportError(str(err)) from None
         if model.dtype_policy.name != "float32":
             raise ExportError(f"{model.name} computes in {model.dtype_policy.name}; export a "
@@ -95,12 +96,47 @@ def _available(data: str | None, data_dir: str | None, folder: Path | None) -> s
         return None
 
 
-def _verification_sample(layout: _Layout, *, verify_data: str | None, data_dir: str | None,
-                         count: int, context: dict, calibration_data: str | None,
-                         crop: float | None, quantize: str,
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """`export`'s keywords after its format and output, checked (`check`)."""
+
+    format: str
+    output: Path
+    quantize: str = "none"
+    calibration_data: str | None = None
+    calibration_steps: int = 200
+    int8_io: str = "float32"
+    verify_data: str | None = None
+    verify_samples: int = 500
+    data_dir: str | None = None
+    overwrite: bool = False
+
+    def check(self) -> None:
+        """Refuse a request that cannot be done, before anything is read or written."""
+        if self.format not in FORMATS:
+            raise ExportError(f"Unknown format {self.format!r}; choose one of {', '.join(FORMATS)}.")
+        if self.quantize not in QUANTIZATIONS:
+            raise ExportError(f"Unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+        if self.quantize != "none" and self.format != "tflite":
+            raise ExportError(f"--quantize applies to --format tflite, not {self.format}.")
+        if self.int8_io not in INT8_IO:
+            raise ExportError(f"Unknown int8 I/O type {self.int8_io!r}; choose one of {', '.join(INT8_IO)}.")
+        if self.quantize == "int8" and not self.calibration_data:
+            raise ExportError("Full-integer int8 needs calibration images: pass --calibration-data "
+                              "<folder or TFDS name> (its training split is used).")
+        if self.format == "weights" and not self.output.name.endswith(".weights.h5"):
+            raise ExportError(f"Weights files must end in .weights.h5, not {self.output.name}.")
+        if self.format != "saved_model" and self.output.exists() and not self.overwrite:
+            raise ExportError(f"{self.output} already exists; it was left untouched. Choose another "
+                              "--output or pass --overwrite.")
+
+
+def _verification_sample(layout: _Layout, options: Options, context: dict, crop: float | None,
                          log: Callable[[str], None]) -> parity.Sample:
     """Real images when there are any (`verify_data`, the run folder's evaluation data, the
     calibration data's evaluation split); a synthetic batch for float32 artifacts only."""
+    verify_data, data_dir, count = options.verify_data, options.data_dir, options.verify_samples
+    calibration_data, quantize = options.calibration_data, options.quantize
     if verify_data:
         return parity.load_sample(verify_data, size=layout.size, crop=crop, count=count,
                                   data_dir=data_dir)
@@ -367,23 +403,9 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     Returns the report (also saved beside or inside the artifact); raises `ExportError` if
     the artifact is broken (it is removed) or the request is invalid (nothing is written).
     """
-    if format not in FORMATS:
-        raise ExportError(f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}.")
-    if quantize not in QUANTIZATIONS:
-        raise ExportError(f"Unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}.")
-    if quantize != "none" and format != "tflite":
-        raise ExportError(f"--quantize applies to --format tflite, not {format}.")
-    if int8_io not in INT8_IO:
-        raise ExportError(f"Unknown int8 I/O type {int8_io!r}; choose one of {', '.join(INT8_IO)}.")
-    if quantize == "int8" and not calibration_data:
-        raise ExportError("Full-integer int8 needs calibration images: pass --calibration-data "
-                          "<folder or TFDS name> (its training split is used).")
-    output = Path(output)
-    if format == "weights" and not output.name.endswith(".weights.h5"):
-        raise ExportError(f"Weights files must end in .weights.h5, not {output.name}.")
-    if format != "saved_model" and output.exists() and not overwrite:
-        raise ExportError(f"{output} already exists; it was left untouched. Choose another "
-                          "--output or pass --overwrite.")
+    options = Options(format, Path(output), quantize, calibration_data, calibration_steps, int8_io,
+                      verify_data, verify_samples, data_dir, overwrite)
+    options.check()
     path = None if isinstance(model, keras.Model) else model
     model = model if path is None else load_model(path)
     layout = _Layout(model)
@@ -394,60 +416,67 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
                           f"{layout.num_classes} classes.")
     try:
         crop = evaluation.eval_crop(layout.size, context.get("crop"))
-    except evaluation.ModelError as err:
+    except ModelError as err:
         raise ExportError(str(err)) from None
-    target = (_version_target(output, name or model.name, version) if format == "saved_model"
-              else output)
-    sample = _verification_sample(layout, verify_data=verify_data, data_dir=data_dir,
-                                  count=verify_samples, context=context,
-                                  calibration_data=calibration_data, crop=crop,
-                                  quantize=quantize, log=log)
+    target = _version_target(options.output, name or model.name, version) if format == "saved_model" else None
+    sample = _verification_sample(layout, options, context, crop, log)
     reference = parity.in_batches(_keras_runner(model, layout), sample.images)
-
-    if format == "saved_model":
+    if target is not None:
         result = _export_saved_model(model, layout, target, class_names=class_names, crop=crop,
                                      sample=sample, reference=reference, log=log)
         log(f"Wrote {target}")
         return result
+    return _export_file(model, layout, options, crop, (sample, reference), log)
 
+
+def _export_file(model: keras.Model, layout: _Layout, options: Options, crop: float | None,
+                 verification: tuple[parity.Sample, np.ndarray], log: Callable[[str], None]) -> dict:
+    """A single-file artifact, written to a temporary folder, checked against the Keras
+    model's `verification` outputs, then moved into place with its report."""
+    output, quantize, int8_io = options.output, options.quantize, options.int8_io
+    sample, reference = verification
     calibration = None
     if quantize == "int8":
-        calibration = parity.load_sample(calibration_data, size=layout.size, crop=crop,
-                                         count=calibration_steps, data_dir=data_dir, split="train")
+        calibration = parity.load_sample(options.calibration_data, size=layout.size, crop=crop,
+                                         count=options.calibration_steps, data_dir=options.data_dir,
+                                         split="train")
     tmp = _temporary_dir(output.parent)
     try:
         artifact = tmp / output.name
-        row_name, kind = format, "float32"
-        if format == "tflite":
-            images = calibration.images if calibration else None
-            artifact.write_bytes(tflite_model(model, quantize, images, int8_io))
-            run = parity.tflite_runner(artifact)
-            kind = KIND[quantize]
-            row_name = f"tflite:{quantize}" + (f" ({int8_io} I/O)" if quantize == "int8" else "")
-        elif format == "keras":
-            model.save(artifact)
-            run = _keras_runner(load_model(artifact), layout)
-        elif format == "weights":
-            model.save_weights(artifact)
-            clone = model.__class__.from_config(model.get_config())
-            clone.load_weights(artifact)
-            run = _keras_runner(clone, layout)
-        else:
-            run = _onnx(model, layout, artifact)
+        run, row_name, kind = _write_artifact(model, layout, options, calibration, artifact)
         rows = [parity.compare(row_name, kind, reference, parity.in_batches(run, sample.images),
                                sample.labels)]
-        result = _report(rows, sample, artifact=str(output), format=format, quantize=quantize,
+        result = _report(rows, sample, artifact=str(output), format=options.format, quantize=quantize,
                          int8_io=int8_io if quantize == "int8" else None,
                          calibration=calibration.source if calibration else None,
                          size_bytes=artifact.stat().st_size)
         log(parity.table(rows))
-        _check_rows(result, format)
-        _place_file(artifact, output, overwrite)
+        _check_rows(result, options.format)
+        _place_file(artifact, output, options.overwrite)
         files.write_json(Path(f"{output}.report.json"), result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"Wrote {output} ({result['size_bytes']:,} bytes) and {output}.report.json")
     return result
+
+
+def _write_artifact(model: keras.Model, layout: _Layout, options: Options, calibration: parity.Sample | None,
+                    artifact: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str, str]:
+    """Write `artifact` in `options.format`; returns its runner, its parity row's name and kind."""
+    if options.format == "tflite":
+        quantize, int8_io = options.quantize, options.int8_io
+        artifact.write_bytes(tflite_model(model, quantize, calibration.images if calibration else None, int8_io))
+        name = f"tflite:{quantize}" + (f" ({int8_io} I/O)" if quantize == "int8" else "")
+        return parity.tflite_runner(artifact), name, KIND[quantize]
+    if options.format == "keras":
+        model.save(artifact)
+        return _keras_runner(load_model(artifact), layout), "keras", "float32"
+    if options.format == "weights":
+        model.save_weights(artifact)
+        clone = model.__class__.from_config(model.get_config())
+        clone.load_weights(artifact)
+        return _keras_runner(clone, layout), "weights", "float32"
+    return _onnx(model, layout, artifact), "onnx", "float32"
 
 
 def _keras_runner(model: keras.Model, layout: _Layout) -> Callable[[np.ndarray], np.ndarray]:
