@@ -24,10 +24,20 @@ __version__ = "0.1.0"
 
 # These modules load on first use: `import keras_resnet` stays light, and does not import
 # TensorFlow on the JAX and PyTorch backends.
-_LAZY = {"train": "training", "evaluate_model": "evaluation", "benchmark": "benchmarking",
-         "recipes": "recipes", "training": "training", "data": "data", "export": "exporter",
-         "exporter": "exporter", "parity": "parity", "evaluation": "evaluation", "runs": "runs",
-         "benchmarking": "benchmarking"}
+_LAZY = {
+    "train": "training",
+    "evaluate_model": "evaluation",
+    "benchmark": "benchmarking",
+    "recipes": "recipes",
+    "training": "training",
+    "data": "data",
+    "export": "exporter",
+    "exporter": "exporter",
+    "parity": "parity",
+    "evaluation": "evaluation",
+    "runs": "runs",
+    "benchmarking": "benchmarking",
+}
 
 
 def __getattr__(name: str):
@@ -38,19 +48,56 @@ def __getattr__(name: str):
         return module if name == _LAZY[name] else getattr(module, name)
     raise AttributeError(f"module 'keras_resnet' has no attribute {name!r}")
 
+
 # What `keras.models.load_model(..., custom_objects=keras_resnet.custom_objects)` needs
 # (old keras-resnet API; the layers are also registered, so it is optional).
 custom_objects = {
     cls.__name__: cls
-    for cls in (BasicBlock, BottleneckBlock, PreActBasicBlock, PreActBottleneckBlock,
-                ZeroPadShortcut, SqueezeExcite, DropPath, Preprocessing, BatchNormalization)
+    for cls in (
+        BasicBlock,
+        BottleneckBlock,
+        PreActBasicBlock,
+        PreActBottleneckBlock,
+        ZeroPadShortcut,
+        SqueezeExcite,
+        DropPath,
+        Preprocessing,
+        BatchNormalization,
+    )
 }
 
 __all__ = [
-    "BasicBlock", "BatchNormalization", "BottleneckBlock", "DropPath", "PreActBasicBlock",
-    "PreActBottleneckBlock", "Preprocessing", "ResNetSpec", "ResidualBlock", "SqueezeExcite",
-    "StageSpec", "ZeroPadShortcut", "benchmark", "build", "build_from_spec", "count_macs",
-    "count_params", "custom_objects", "evaluate_model", "export", "feature_model", "feature_tensor",
-    "layers", "list_models", "list_weights", "load_weights", "model_stats", "models",
-    "preprocess_input", "pyramid_outputs", "registry", "resnet_spec", "train",
+    "BasicBlock",
+    "BatchNormalization",
+    "BottleneckBlock",
+    "DropPath",
+    "PreActBasicBlock",
+    "PreActBottleneckBlock",
+    "Preprocessing",
+    "ResNetSpec",
+    "ResidualBlock",
+    "SqueezeExcite",
+    "StageSpec",
+    "ZeroPadShortcut",
+    "benchmark",
+    "build",
+    "build_from_spec",
+    "count_macs",
+    "count_params",
+    "custom_objects",
+    "evaluate_model",
+    "export",
+    "feature_model",
+    "feature_tensor",
+    "layers",
+    "list_models",
+    "list_weights",
+    "load_weights",
+    "model_stats",
+    "models",
+    "preprocess_input",
+    "pyramid_outputs",
+    "registry",
+    "resnet_spec",
+    "train",
 ]

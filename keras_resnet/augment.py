@@ -26,6 +26,7 @@ try:
 except ImportError:  # JAX or PyTorch without TensorFlow: `DEFAULTS` only (`pydata` augments)
     tf = None
 
+
 def _allowed(test: Callable, must: str) -> dict:
     """A field's metadata: the values it allows (`config.check_value` reads it)."""
     return {"test": test, "must": must}
@@ -41,11 +42,11 @@ class AugmentConfig(ReadsLikeDict):
     scale: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v < 1, "in [0, 1)"))  # zoom
     rotation: float = 0.0  # random rotation by up to this many degrees
     randaugment: bool = False  # RandAugment (2 ops, magnitude 0.5)
-    erasing: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v <= 1,
-                                                                      "a probability in [0, 1]"))
+    erasing: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v <= 1, "a probability in [0, 1]"))
     mixup: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: v >= 0, ">= 0 (0 turns it off)"))
-    cutmix: float = dataclasses.field(default=0.0, metadata=_allowed(lambda v: 0 <= v <= 1,
-                                                                     "in [0, 1] (0 turns it off)"))
+    cutmix: float = dataclasses.field(
+        default=0.0, metadata=_allowed(lambda v: 0 <= v <= 1, "in [0, 1] (0 turns it off)")
+    )
     random_resized_crop: bool = False  # Inception-style crop (ImageNet); done per image in data.py
 
 
@@ -71,8 +72,9 @@ class _KeyedSeeds(keras.random.SeedGenerator):
 
     def next(self, ordered=True):
         self._holder["draws"] += 1
-        return tf.random.experimental.stateless_fold_in(self._holder["key"],
-                                                        self._salt * 1_000_003 + self._holder["draws"])
+        return tf.random.experimental.stateless_fold_in(
+            self._holder["key"], self._salt * 1_000_003 + self._holder["draws"]
+        )
 
 
 def _key_layers(layers: Sequence[Callable], holder: dict) -> None:
@@ -98,8 +100,9 @@ def pad_crop(images: tf.Tensor, pad: int, key: tf.Tensor) -> tf.Tensor:
     return tf.gather(cropped, cols, axis=2, batch_dims=1)
 
 
-def build_augmenter(fields: dict, *, extra_layers: Sequence[Callable] = ()
-                    ) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
+def build_augmenter(
+    fields: dict, *, extra_layers: Sequence[Callable] = ()
+) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
     """A function (float images [0, 255], one-hot labels, the batch's `position_key`) ->
     (images, labels), applied per batch; None when every field is off."""
     unknown = set(fields) - set(DEFAULTS)
@@ -107,8 +110,9 @@ def build_augmenter(fields: dict, *, extra_layers: Sequence[Callable] = ()
         raise ValueError(f"Unknown augment field(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}.")
     f = {**DEFAULTS, **fields}
     if not 0 <= f["cutmix"] <= 1:  # Keras's CutMix refuses other factors with a message naming no field
-        raise ValueError(f"augment.cutmix must be in [0, 1] (Keras CutMix's factor; 0 turns it off), "
-                         f"got {f['cutmix']!r}.")
+        raise ValueError(
+            f"augment.cutmix must be in [0, 1] (Keras CutMix's factor; 0 turns it off), got {f['cutmix']!r}."
+        )
     image_layers: list[Callable] = []
     if f["flip"]:
         image_layers.append(keras.layers.RandomFlip("horizontal"))
@@ -121,8 +125,7 @@ def build_augmenter(fields: dict, *, extra_layers: Sequence[Callable] = ()
     if f["erasing"]:
         # Keras's `factor=p` draws each image's probability from U(0, p) (a mean of p/2);
         # (p, p) makes `erasing` the probability itself.
-        image_layers.append(keras.layers.RandomErasing(factor=(f["erasing"], f["erasing"]),
-                                                       value_range=(0, 255)))
+        image_layers.append(keras.layers.RandomErasing(factor=(f["erasing"], f["erasing"]), value_range=(0, 255)))
     image_layers += list(extra_layers)
     mixers = []
     if f["mixup"]:

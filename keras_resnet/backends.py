@@ -16,7 +16,6 @@ from keras_resnet.errors import BackendError, RecipeError
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # train.precision, besides "auto"
 
 
-
 def name() -> str:
     return keras.config.backend()
 
@@ -33,8 +32,10 @@ def has_tensorflow() -> bool:
 def require_tensorflow(feature: str, instead: str = "") -> None:
     """Refuse `feature` with one line when TensorFlow is not installed."""
     if not has_tensorflow():
-        raise BackendError(f"{feature} needs TensorFlow, which is not installed here: "
-                           f"pip install tensorflow{'; or ' + instead if instead else ''}.")
+        raise BackendError(
+            f"{feature} needs TensorFlow, which is not installed here: "
+            f"pip install tensorflow{'; or ' + instead if instead else ''}."
+        )
 
 
 def gpu_capability() -> tuple[int, int] | None:
@@ -51,17 +52,21 @@ def gpu_capability() -> tuple[int, int] | None:
     if backend == "torch":
         import torch
 
-        return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():
+            return None
+        capability = torch.cuda.get_device_capability(0)
+        return int(capability[0]), int(capability[1])
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return None
-    return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0)))
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+    return int(capability[0]), int(capability[1])
 
 
 def accelerator() -> str | None:
-    """"gpu" or "tpu" when the backend's default device is one; None on a CPU."""
+    """ "gpu" or "tpu" when the backend's default device is one; None on a CPU."""
     if name() == "jax":
         import jax
 
@@ -80,7 +85,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(setting: str) -> str:
-    """"auto": bf16 on Ampere+ GPUs and on CPUs with native bf16, fp16 on older GPUs, else
+    """ "auto": bf16 on Ampere+ GPUs and on CPUs with native bf16, fp16 on older GPUs, else
     float32, on every backend (on this project's bf16 CPU each backend's bf16 step measured
     faster than its float32 one: docs/training.md's backend table)."""
     if setting != "auto":
@@ -94,7 +99,7 @@ def resolve_precision(setting: str) -> str:
 
 
 def resolve_jit(setting) -> bool:
-    """"auto": XLA on JAX always (without it Keras runs JAX op by op), on TensorFlow on
+    """ "auto": XLA on JAX always (without it Keras runs JAX op by op), on TensorFlow on
     GPUs only (on CPUs it measured slower for these models), never on PyTorch
     (`torch.compile`: see docs/training.md's backend table)."""
     if isinstance(setting, bool):

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
 
-from keras_resnet import converters, weights as weights_lib
-from keras_resnet.layers import (BLOCKS, BN_EPSILON, BN_MOMENTUM, BN_WEIGHT_DECAY, WEIGHT_DECAY,
-                                 Preprocessing, batch_norm, channel_axis, l2)
+from keras_resnet import converters
+from keras_resnet import weights as weights_lib
+from keras_resnet.layers import (
+    BLOCKS,
+    BN_EPSILON,
+    BN_MOMENTUM,
+    BN_WEIGHT_DECAY,
+    WEIGHT_DECAY,
+    Preprocessing,
+    batch_norm,
+    channel_axis,
+    l2,
+)
 from keras_resnet.specs import ResNetSpec
 
 POOLINGS = (None, "avg", "max")
@@ -70,10 +81,20 @@ def build(
     map at each stride, keyed "P{log2 stride}" ("P2".."P5" for ImageNet ResNets).
     """
     plan = weights_lib.resolve(
-        depth, variant=variant, weights=weights, groups=groups, width_per_group=width_per_group,
-        se_ratio=se_ratio, shortcut=shortcut, include_top=include_top, num_classes=num_classes,
-        input_shape=input_shape, input_tensor=input_tensor,
-        classifier_activation=classifier_activation, bn_epsilon=bn_epsilon)
+        depth,
+        variant=variant,
+        weights=weights,
+        groups=groups,
+        width_per_group=width_per_group,
+        se_ratio=se_ratio,
+        shortcut=shortcut,
+        include_top=include_top,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        input_tensor=input_tensor,
+        classifier_activation=classifier_activation,
+        bn_epsilon=bn_epsilon,
+    )
     model = build_from_spec(
         plan.spec,
         num_classes=plan.num_classes,
@@ -113,8 +134,9 @@ def reinitialize(layers_: Sequence[layers.Layer], seed: int) -> None:
             layer.kernel.assign(_variance_scaling(rng, init, tuple(layer.kernel.shape)))
 
 
-def _variance_scaling(rng: np.random.Generator, init: keras.initializers.VarianceScaling,
-                      shape: tuple[int, ...]) -> np.ndarray:
+def _variance_scaling(
+    rng: np.random.Generator, init: keras.initializers.VarianceScaling, shape: tuple[int, ...]
+) -> np.ndarray:
     """Keras's `VarianceScaling` draw (same fans, scale and distribution) with `rng`."""
     receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
     fan_in, fan_out = (shape[-2] * receptive, shape[-1] * receptive) if len(shape) > 1 else (shape[0],) * 2
@@ -151,18 +173,21 @@ def _input_shape(input_shape, spec: ResNetSpec, include_top: bool, data_format: 
         return (side, side, 3) if data_format == "channels_last" else (3, side, side)
     input_shape = tuple(input_shape)
     last = data_format == "channels_last"
-    order, example = (("(height, width, channels)", "(224, 224, 3)") if last
-                      else ("(channels, height, width)", "(3, 224, 224)"))
+    order, example = (
+        ("(height, width, channels)", "(224, 224, 3)") if last else ("(channels, height, width)", "(3, 224, 224)")
+    )
     if len(input_shape) != 3 or input_shape[-1 if last else 0] is None:
         raise ValueError(
             f"input_shape must be {order} for image_data_format {data_format!r}, with the channel "
-            f"count given, e.g. {example}; got {input_shape}.")
+            f"count given, e.g. {example}; got {input_shape}."
+        )
     spatial = input_shape[:2] if last else input_shape[1:]
     smallest = total_stride(spec)
     if any(s is not None and s < smallest for s in spatial):
         raise ValueError(
             f"input_shape {input_shape} is too small: this network downsamples by {smallest}, "
-            f"so height and width must be at least {smallest}.")
+            f"so height and width must be at least {smallest}."
+        )
     return input_shape
 
 
@@ -174,16 +199,24 @@ def total_stride(spec: ResNetSpec) -> int:
 def _stem(x, spec: ResNetSpec, conv_kwargs: dict, bn_kwargs: dict):
     data_format = conv_kwargs["data_format"]
     f = spec.stem_filters
-    convs = {"imagenet": [(f, 7, 2)], "deep": [(f // 2, 3, 2), (f // 2, 3, 1), (f, 3, 1)],
-             "cifar": [(f, 3, 1)]}[spec.stem]
+    convs = {"imagenet": [(f, 7, 2)], "deep": [(f // 2, 3, 2), (f // 2, 3, 1), (f, 3, 1)], "cifar": [(f, 3, 1)]}[
+        spec.stem
+    ]
     for i, (filters, kernel, stride) in enumerate(convs, 1):
         prefix = "conv1" if len(convs) == 1 else f"conv1_{i}"
         last = i == len(convs)
         if stride > 1:
             x = layers.ZeroPadding2D(kernel // 2, data_format=data_format, name=f"{prefix}_pad")(x)
         # Pre-activation nets leave the stem's last BN-ReLU to the first block.
-        x = layers.Conv2D(filters, kernel, strides=stride, padding="valid" if stride > 1 else "same",
-                          use_bias=spec.preact and last, name=f"{prefix}_conv", **conv_kwargs)(x)
+        x = layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding="valid" if stride > 1 else "same",
+            use_bias=spec.preact and last,
+            name=f"{prefix}_conv",
+            **conv_kwargs,
+        )(x)
         if not (spec.preact and last):
             x = batch_norm(f"{prefix}_bn", **bn_kwargs)(x)
             x = layers.Activation("relu", name=f"{prefix}_relu")(x)
@@ -200,29 +233,51 @@ def _stages(x, spec: ResNetSpec, drop_path_rate: float, block_kwargs: dict) -> t
     block_index, last_index = 0, max(spec.num_blocks - 1, 1)
     for s, stage in enumerate(spec.stages):
         block_cls = BLOCKS[(stage.block, spec.preact)]
-        extra = (dict(stride_on=spec.stride_on, groups=spec.groups, width_per_group=spec.width_per_group)
-                 if stage.block == "bottleneck" else {})
+        extra: dict[str, Any] = (
+            dict(stride_on=spec.stride_on, groups=spec.groups, width_per_group=spec.width_per_group)
+            if stage.block == "bottleneck"
+            else {}
+        )
         for b in range(stage.repeats):
             strided = b == (stage.repeats - 1 if spec.stride_in_last_block else 0)
             block_stride = stage.stride if strided else 1
-            x = block_cls(stage.filters, block_stride, shortcut=spec.shortcut, se_ratio=spec.se_ratio,
-                          drop_path_rate=drop_path_rate * block_index / last_index,
-                          name=f"conv{s + 2}_block{b + 1}", **block_kwargs, **extra)(x)
+            x = block_cls(
+                stage.filters,
+                block_stride,
+                shortcut=spec.shortcut,
+                se_ratio=spec.se_ratio,
+                drop_path_rate=drop_path_rate * block_index / last_index,
+                name=f"conv{s + 2}_block{b + 1}",
+                **block_kwargs,
+                **extra,
+            )(x)
             stride *= block_stride
             features[stride] = x
             block_index += 1
     return x, features
 
 
-def _top(x, include_top: bool, pooling: str | None, num_classes: int, classifier_activation: str | None,
-         weight_decay: float, data_format: str):
+def _top(
+    x,
+    include_top: bool,
+    pooling: str | None,
+    num_classes: int,
+    classifier_activation: str | None,
+    weight_decay: float,
+    data_format: str,
+):
     """The classifier (`avg_pool`, `predictions`), a pooling, or the feature map itself."""
     if include_top:
         x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
         # Under a mixed-precision policy the classifier still computes in float32.
         mixed = keras.config.dtype_policy().name.startswith("mixed")
-        return layers.Dense(num_classes, activation=classifier_activation, kernel_regularizer=l2(weight_decay),
-                            dtype="float32" if mixed else None, name="predictions")(x)
+        return layers.Dense(
+            num_classes,
+            activation=classifier_activation,
+            kernel_regularizer=l2(weight_decay),
+            dtype="float32" if mixed else None,
+            name="predictions",
+        )(x)
     if pooling == "avg":
         return layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
     if pooling == "max":
@@ -274,28 +329,35 @@ def build_from_spec(
     x = inputs
     if normalization is not None:
         mean, std = normalization
-        x = layers.Normalization(axis=channel_axis(data_format), mean=list(mean),
-                                 variance=[s**2 for s in std], name="normalization")(x)
+        x = layers.Normalization(
+            axis=channel_axis(data_format), mean=list(mean), variance=[s**2 for s in std], name="normalization"
+        )(x)
     elif preprocessing:
         x = Preprocessing(preprocessing, name="preprocessing")(x)
 
-    conv_kwargs = dict(kernel_initializer="he_normal", kernel_regularizer=l2(weight_decay),
-                       data_format=data_format)
-    bn_kwargs = dict(data_format=data_format, momentum=bn_momentum, epsilon=bn_epsilon,
-                     weight_decay=bn_weight_decay)
+    conv_kwargs = dict(kernel_initializer="he_normal", kernel_regularizer=l2(weight_decay), data_format=data_format)
+    bn_kwargs = dict(data_format=data_format, momentum=bn_momentum, epsilon=bn_epsilon, weight_decay=bn_weight_decay)
     x = _stem(x, spec, conv_kwargs, bn_kwargs)
 
-    block_kwargs = dict(zero_init_residual=zero_init_residual, weight_decay=weight_decay,
-                        bn_weight_decay=bn_weight_decay, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                        data_format=data_format)
+    block_kwargs = dict(
+        zero_init_residual=zero_init_residual,
+        weight_decay=weight_decay,
+        bn_weight_decay=bn_weight_decay,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        data_format=data_format,
+    )
     x, features = _stages(x, spec, drop_path_rate, block_kwargs)
     if spec.preact:
         x = batch_norm("post_bn", **bn_kwargs)(x)
         x = layers.Activation("relu", name="post_relu")(x)
         features[max(features)] = x
     pyramid = {f"P{int(math.log2(s))}": t for s, t in features.items()}
-    outputs = pyramid if pyramid_outputs else _top(x, include_top, pooling, num_classes, classifier_activation,
-                                                     weight_decay, data_format)
+    outputs = (
+        pyramid
+        if pyramid_outputs
+        else _top(x, include_top, pooling, num_classes, classifier_activation, weight_decay, data_format)
+    )
     model = keras.Model(inputs, outputs, name=name)
     model.pyramid_outputs = pyramid  # keras-hub's contract (features.pyramid_outputs after a load)
     return model

@@ -13,14 +13,24 @@ TRAIN_HELP = {
     "data": "TFDS name (cifar10, ...), a folder with train/ and test/ class folders, or an .npz",
     "data_dir": "TFDS data_dir",
     "weights": "fine-tune from pretrained weights: a .keras model from `train`, a weight tag or file "
-               "(see `keras-resnet weights`); with --recipe finetune, a new head trains first",
+    "(see `keras-resnet weights`); with --recipe finetune, a new head trains first",
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keras-resnet", description="The ResNet family for Keras 3.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_summary, _add_train, _add_runs, _add_recipes, _add_evaluate, _add_predict, _add_export, _add_weights, _add_benchmark):
+    for add in (
+        _add_summary,
+        _add_train,
+        _add_runs,
+        _add_recipes,
+        _add_evaluate,
+        _add_predict,
+        _add_export,
+        _add_weights,
+        _add_benchmark,
+    ):
         add(sub)
     return parser
 
@@ -45,14 +55,25 @@ def _add_train(sub) -> None:
     train.add_argument("--output", default=None, help="run folder (default: runs/<recipe>)")
     for flag, (section, field) in FLAG_FIELDS.items():  # each sets one recipe field
         kind = type(DEFAULTS[section][field])
-        train.add_argument(f"--{flag.replace('_', '-')}", type=kind if kind in (int, float) else str,
-                           help=TRAIN_HELP.get(flag, f"sets {section}.{field}"))
-    train.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                       help="override any recipe field, e.g. --set train.label_smoothing=0.1")
+        train.add_argument(
+            f"--{flag.replace('_', '-')}",
+            type=kind if kind in (int, float) else str,
+            help=TRAIN_HELP.get(flag, f"sets {section}.{field}"),
+        )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override any recipe field, e.g. --set train.label_smoothing=0.1",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace a run folder with another configuration")
-    train.add_argument("--strategy", default="auto",
-                       help="auto, one-device, mirrored (local GPUs), multi-worker (TF_CONFIG) or tpu; "
-                            "--batch-size is the global batch")
+    train.add_argument(
+        "--strategy",
+        default="auto",
+        help="auto, one-device, mirrored (local GPUs), multi-worker (TF_CONFIG) or tpu; "
+        "--batch-size is the global batch",
+    )
     train.add_argument("--tpu", help="TPU address or name for --strategy tpu (default: TPU_NAME / Colab's)")
 
 
@@ -71,15 +92,19 @@ def _add_evaluate(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="top-1, top-5 and per-class accuracy of a .keras model")
     evaluate.add_argument("model")
     evaluate.add_argument("--data", required=True, help="TFDS name or folder")
-    evaluate.add_argument("--split", choices=("test", "train"), default="test",
-                          help="test: the test/val split; train: the training images without "
-                               "augmentation (how well the model fits them)")
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="test: the test/val split; train: the training images without augmentation (how well the model fits them)",
+    )
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--max-eval-samples", type=int, help="a seeded subset of the split, every class in it")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--format", choices=("text", "json"), default="text")
-    evaluate.add_argument("--flip-tta", action="store_true",
-                          help="average each image's prediction with its horizontal mirror's")
+    evaluate.add_argument(
+        "--flip-tta", action="store_true", help="average each image's prediction with its horizontal mirror's"
+    )
 
 
 def _add_predict(sub) -> None:
@@ -90,24 +115,32 @@ def _add_predict(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    export = sub.add_parser("export", help="SavedModel for TF Serving, TFLite, .keras, weights or ONNX, "
-                                           "verified against the Keras model")
+    export = sub.add_parser(
+        "export", help="SavedModel for TF Serving, TFLite, .keras, weights or ONNX, verified against the Keras model"
+    )
     export.add_argument("model", help="a .keras file, e.g. runs/cifar10-fast/model.keras")
     export.add_argument("--format", required=True, help="saved_model, tflite, keras, weights or onnx")
-    export.add_argument("--output", required=True,
-                        help="saved_model: the serving base folder (BASE/NAME/VERSION is written); "
-                             "other formats: the file")
+    export.add_argument(
+        "--output",
+        required=True,
+        help="saved_model: the serving base folder (BASE/NAME/VERSION is written); other formats: the file",
+    )
     export.add_argument("--name", help="saved_model: the model's name in BASE (default: the Keras model's name)")
     export.add_argument("--version", type=int, help="saved_model: version number (default: next free)")
     export.add_argument("--quantize", default="none", help="tflite: none, float16, dynamic or int8")
     export.add_argument("--calibration-data", help="int8: folder or TFDS name (its train split)")
     export.add_argument("--calibration-steps", type=int, default=200, help="int8: calibration images")
     export.add_argument("--int8-io", default="float32", help="int8: input/output type float32, int8 or uint8")
-    export.add_argument("--verify-data", help="folder or TFDS name for the parity check "
-                                              "(default: the run folder's evaluation data)")
+    export.add_argument(
+        "--verify-data", help="folder or TFDS name for the parity check (default: the run folder's evaluation data)"
+    )
     export.add_argument("--verify-samples", type=int, default=500)
     export.add_argument("--data-dir", help="TFDS data_dir")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing file (atomically); SavedModel versions are never replaced")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing file (atomically); SavedModel versions are never replaced",
+    )
 
 
 def _add_weights(sub) -> None:
@@ -123,27 +156,35 @@ def _add_benchmark(sub) -> None:
     bench.add_argument("--batch-size", type=int, default=128)
     bench.add_argument("--steps", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--rounds", type=int, default=5,
-                       help="timed windows of --steps steps; reports the median, best and spread")
+    bench.add_argument(
+        "--rounds", type=int, default=5, help="timed windows of --steps steps; reports the median, best and spread"
+    )
     bench.add_argument("--precision", default="auto")
 
 
 def _train(args) -> int:
-    from keras_resnet import runs, training
+    from keras_resnet import runfolder, training
 
-    output = args.output or runs.default_folder(args.recipe)
-    metrics = training.train(args.recipe, output=output, overrides=args.set, overwrite=args.overwrite,
-                             strategy=args.strategy, tpu=args.tpu, **{k: getattr(args, k) for k in FLAG_FIELDS})
-    print(dumps(runs.summary(output, metrics)))
+    output = args.output or runfolder.default_folder(args.recipe)
+    metrics = training.train(
+        args.recipe,
+        output=output,
+        overrides=args.set,
+        overwrite=args.overwrite,
+        strategy=args.strategy,
+        tpu=args.tpu,
+        **{k: getattr(args, k) for k in FLAG_FIELDS},
+    )
+    print(dumps(runfolder.summary(output, metrics)))
     return 0
 
 
 def _runs(args) -> int:
     from pathlib import Path
 
-    from keras_resnet import runs
+    from keras_resnet import runfolder
 
-    print(dumps(runs.where(Path(args.folder)), indent=2))
+    print(dumps(runfolder.where(Path(args.folder)), indent=2))
     return 0
 
 
@@ -160,9 +201,15 @@ def _recipes(args) -> int:
 def _evaluate(args) -> int:
     from keras_resnet import evaluation
 
-    result = evaluation.evaluate(args.model, args.data, split=args.split, data_dir=args.data_dir,
-                                 max_samples=args.max_eval_samples, batch_size=args.batch_size,
-                                 flip_tta=args.flip_tta)
+    result = evaluation.evaluate(
+        args.model,
+        args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        max_samples=args.max_eval_samples,
+        batch_size=args.batch_size,
+        flip_tta=args.flip_tta,
+    )
     result.pop("confusion_matrix", None)
     print(dumps(result, indent=2) if args.format == "json" else evaluation.format_report(result, args.model))
     return 0
@@ -179,12 +226,21 @@ def _export(args) -> int:
     from keras_resnet import exporter
 
     result = exporter.export(
-        args.model, args.format, args.output, name=args.name, version=args.version,
-        quantize=args.quantize, calibration_data=args.calibration_data,
-        calibration_steps=args.calibration_steps, int8_io=args.int8_io,
-        verify_data=args.verify_data, verify_samples=args.verify_samples,
-        data_dir=args.data_dir, overwrite=args.overwrite,
-        log=lambda line: print(line, file=sys.stderr))
+        args.model,
+        args.format,
+        args.output,
+        name=args.name,
+        version=args.version,
+        quantize=args.quantize,
+        calibration_data=args.calibration_data,
+        calibration_steps=args.calibration_steps,
+        int8_io=args.int8_io,
+        verify_data=args.verify_data,
+        verify_samples=args.verify_samples,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+        log=lambda line: print(line, file=sys.stderr),
+    )
     print(dumps({k: result[k] for k in ("artifact", "ok", "verification_data", "rows")}))
     return 0
 
@@ -192,9 +248,19 @@ def _export(args) -> int:
 def _benchmark(args) -> int:
     from keras_resnet import benchmarking
 
-    print(dumps(benchmarking.benchmark(args.depth, mode=args.mode, batch_size=args.batch_size,
-                                       steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                                       precision=args.precision)))
+    print(
+        dumps(
+            benchmarking.benchmark(
+                args.depth,
+                mode=args.mode,
+                batch_size=args.batch_size,
+                steps=args.steps,
+                warmup=args.warmup,
+                rounds=args.rounds,
+                precision=args.precision,
+            )
+        )
+    )
     return 0
 
 
@@ -202,10 +268,20 @@ def _summary(args) -> int:
     from keras_resnet import summary
 
     size = args.input_size
-    print(summary.report(args.depth, args.format, all_models=args.all, show_layers=args.layers,
-                         variant=args.variant, groups=args.groups, width_per_group=args.width_per_group,
-                         se_ratio=args.se_ratio, num_classes=args.num_classes,
-                         input_shape=(size, size, 3) if size else None))
+    print(
+        summary.report(
+            args.depth,
+            args.format,
+            all_models=args.all,
+            show_layers=args.layers,
+            variant=args.variant,
+            groups=args.groups,
+            width_per_group=args.width_per_group,
+            se_ratio=args.se_ratio,
+            num_classes=args.num_classes,
+            input_shape=(size, size, 3) if size else None,
+        )
+    )
     return 0
 
 
@@ -217,8 +293,17 @@ def _weights(args) -> int:
 
 
 NEED_TENSORFLOW = ("evaluate", "predict", "export")  # tf.image preprocessing, SavedModel and TFLite
-COMMANDS = {"summary": _summary, "train": _train, "runs": _runs, "recipes": _recipes, "evaluate": _evaluate,
-            "predict": _predict, "export": _export, "benchmark": _benchmark, "weights": _weights}
+COMMANDS = {
+    "summary": _summary,
+    "train": _train,
+    "runs": _runs,
+    "recipes": _recipes,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "export": _export,
+    "benchmark": _benchmark,
+    "weights": _weights,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,13 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in NEED_TENSORFLOW:
             from keras_resnet import backends
 
-            backends.require_tensorflow(f"keras-resnet {args.command}",
-                                        "run it where TensorFlow is installed; model.keras loads there")
+            backends.require_tensorflow(
+                f"keras-resnet {args.command}", "run it where TensorFlow is installed; model.keras loads there"
+            )
             if backends.name() != "tensorflow":
                 raise backends.BackendError(
                     f"keras-resnet {args.command} runs on the TensorFlow backend; this is {backends.name()}. "
                     f"Run KERAS_BACKEND=tensorflow keras-resnet {args.command} ... (a model.keras trained on "
-                    "any backend loads there).")
+                    "any backend loads there)."
+                )
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"keras-resnet {args.command}: error: {err}", file=sys.stderr)

@@ -22,15 +22,21 @@ from keras_resnet.mapping import ReadsLikeDict
 BN_MODES = {
     "train": "statistics and γ/β train (batch statistics in training mode)",
     "frozen_stats": "statistics re-estimated on the training images before phase 'all', then "
-                    "fixed (inference mode); γ/β train",
+    "fixed (inference mode); γ/β train",
     "frozen": "statistics and γ/β fixed at the source's values",
 }
 # [model] fields whose `build()` default is None, and the TOML value that stands for it.
 UNSET = {"variant": "", "shortcut": "", "se_ratio": 0.0, "weights": ""}
 
 
-def setting(default: Any, test: Callable[[Any], bool] | None = None, must: str = "", *,
-            choices: tuple = (), auto_or_bool: bool = False) -> Any:
+def setting(
+    default: Any,
+    test: Callable[[Any], bool] | None = None,
+    must: str = "",
+    *,
+    choices: tuple = (),
+    auto_or_bool: bool = False,
+) -> Any:
     """A field with its default and what it allows: `test` (with `must`, the error's words
     for it), `choices`, or "auto"/true/false (`auto_or_bool`)."""
     meta = {"test": test, "must": must, "choices": choices, "auto_or_bool": auto_or_bool}
@@ -69,8 +75,7 @@ class ModelConfig(_Section):
     drop_path_rate: float = setting(_build_default("drop_path_rate"), lambda v: 0 <= v < 1, "in [0, 1)")
     zero_init_residual: bool = _build_default("zero_init_residual")
     weight_decay: float = setting(_build_default("weight_decay"), lambda v: v >= 0, ">= 0 (0 turns it off)")
-    bn_weight_decay: float = setting(_build_default("bn_weight_decay"), lambda v: v >= 0,
-                                     ">= 0 (0 turns it off)")
+    bn_weight_decay: float = setting(_build_default("bn_weight_decay"), lambda v: v >= 0, ">= 0 (0 turns it off)")
     bn_momentum: float = setting(_build_default("bn_momentum"), lambda v: 0 <= v < 1, "in [0, 1)")
     bn_epsilon: float = setting(layers.BN_EPSILON, lambda v: v > 0, "> 0")
     weights: str = _build_default("weights")
@@ -87,8 +92,9 @@ class DataConfig(_Section):
     cache_dir: str = ""
     image_size: list[int] = setting([0, 0])  # [0, 0]: the images' own
     classes: list[str] = setting([], lambda v: all(isinstance(c, str) and c for c in v), "a list of class names")
-    eval_crop_fraction: float = setting(-1.0, lambda v: v == -1 or 0 <= v <= 1,
-                                        "in (0, 1], 0 for no crop, or -1 for the weight record's crop")
+    eval_crop_fraction: float = setting(
+        -1.0, lambda v: v == -1 or 0 <= v <= 1, "in (0, 1], 0 for no crop, or -1 for the weight record's crop"
+    )
     eval_flip_tta: bool = False
     max_train_samples: int = setting(0, lambda v: v >= 0, ">= 0 (0: all)")
     max_eval_samples: int = setting(0, lambda v: v >= 0, ">= 0 (0: all)")
@@ -133,8 +139,13 @@ class TrainConfig(_Section):
     checkpoint_every_minutes: float = setting(5.0, lambda v: v >= 0, ">= 0 (0: none by time)")
 
 
-SECTIONS: dict[str, type] = {"recipe": RecipeInfo, "model": ModelConfig, "data": DataConfig,
-                             "augment": AugmentConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {
+    "recipe": RecipeInfo,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "train": TrainConfig,
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -181,7 +192,7 @@ def check_value(section: str, key: str, value: Any) -> Any:
     field is a float); `RecipeError` naming what it must be otherwise."""
     field = fields(section)[key]
     meta = field.metadata
-    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    default = getattr(SECTIONS[section](), key)
     if meta.get("auto_or_bool"):
         if not (value == "auto" or isinstance(value, bool)):
             raise RecipeError(f"{section}.{key} must be 'auto', true or false, got {value!r}.")
@@ -196,8 +207,7 @@ def check_value(section: str, key: str, value: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise RecipeError(f"{section}.{key} must be a {type(default).__name__} (like {default!r}), "
-                          f"got {value!r}.")
+        raise RecipeError(f"{section}.{key} must be a {type(default).__name__} (like {default!r}), got {value!r}.")
     if meta.get("choices") and value not in meta["choices"]:
         raise RecipeError(f"{section}.{key} must be one of {', '.join(meta['choices'])}; got {value!r}.")
     test = meta.get("test")

@@ -22,6 +22,7 @@ import math
 import os
 import re
 import tempfile
+from typing import cast
 
 import h5py
 import keras
@@ -36,21 +37,52 @@ KERAS_RESNET_BN_EPSILON = 1e-5  # keras-resnet >= 0.1 (earlier convs carried bia
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 # safetensors dtype -> NumPy dtype (little-endian); BF16 is widened to float32.
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8",
-                       "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 # Block sub-layer -> keras.applications suffix, in load order (each conv before its BN).
 _KERAS_APPLICATIONS_NAMES = {
-    "preact_bn": "preact_bn", "shortcut_conv": "0_conv", "shortcut_bn": "0_bn",
-    "conv1": "1_conv", "bn1": "1_bn", "conv2": "2_conv", "bn2": "2_bn", "conv3": "3_conv", "bn3": "3_bn"}
+    "preact_bn": "preact_bn",
+    "shortcut_conv": "0_conv",
+    "shortcut_bn": "0_bn",
+    "conv1": "1_conv",
+    "bn1": "1_bn",
+    "conv2": "2_conv",
+    "bn2": "2_bn",
+    "conv3": "3_conv",
+    "bn3": "3_bn",
+}
 # Block sub-layer -> keras-resnet (Caffe) branch name, in load order.
 _KERAS_RESNET_NAMES = {
-    "shortcut_conv": "res{}_branch1", "shortcut_bn": "bn{}_branch1", "conv1": "res{}_branch2a",
-    "bn1": "bn{}_branch2a", "conv2": "res{}_branch2b", "bn2": "bn{}_branch2b",
-    "conv3": "res{}_branch2c", "bn3": "bn{}_branch2c"}
+    "shortcut_conv": "res{}_branch1",
+    "shortcut_bn": "bn{}_branch1",
+    "conv1": "res{}_branch2a",
+    "bn1": "bn{}_branch2a",
+    "conv2": "res{}_branch2b",
+    "bn2": "bn{}_branch2b",
+    "conv3": "res{}_branch2c",
+    "bn3": "bn{}_branch2c",
+}
 # Stem layer -> torchvision/timm module (timm's deep stem is a Sequential).
-_TORCH_STEM = {"conv1_conv": "conv1", "conv1_bn": "bn1", "conv1_1_conv": "conv1.0",
-               "conv1_1_bn": "conv1.1", "conv1_2_conv": "conv1.3", "conv1_2_bn": "conv1.4",
-               "conv1_3_conv": "conv1.6", "conv1_3_bn": "bn1"}
+_TORCH_STEM = {
+    "conv1_conv": "conv1",
+    "conv1_bn": "bn1",
+    "conv1_1_conv": "conv1.0",
+    "conv1_1_bn": "conv1.1",
+    "conv1_2_conv": "conv1.3",
+    "conv1_2_bn": "conv1.4",
+    "conv1_3_conv": "conv1.6",
+    "conv1_3_bn": "bn1",
+}
 _BLOCK_NAME = re.compile(r"conv(\d+)_block(\d+)$")
 
 
@@ -102,7 +134,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
         raise FileNotFoundError(
             f"Weights file {path!r} not found. Pass weights=None, a registry tag (see "
             "keras_resnet.list_weights()), 'imagenet', a .safetensors/.pth state dict, a "
-            "keras.applications or keras-resnet .h5 file, or a .weights.h5 saved by keras_resnet.")
+            "keras.applications or keras-resnet .h5 file, or a .weights.h5 saved by keras_resnet."
+        )
     if path.endswith(".weights.h5"):
         return Checkpoint(path, "native", {}, None)
     if path.endswith(".safetensors"):
@@ -115,6 +148,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """{name: array} of a `.safetensors` file, without PyTorch (format: 8-byte header
     length, JSON header of dtype/shape/byte offsets, then the data)."""
+
     def corrupt(detail: str) -> ValueError:
         return ValueError(f"{path!r} is truncated or corrupt ({detail}); download or save it again.")
 
@@ -126,12 +160,12 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     if size > len(raw) - 8:
         raise corrupt(f"header of {size} bytes in a file of {len(raw)}")
     try:
-        header = json.loads(raw[8:8 + size])
+        header = json.loads(raw[8 : 8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise corrupt(f"unreadable header: {err}") from None
     if not isinstance(header, dict):
         raise corrupt("the header is not a JSON object")
-    data = memoryview(raw)[8 + size:]
+    data = memoryview(raw)[8 + size :]
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -156,20 +190,25 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     except ImportError:
         raise ImportError(
             f"Reading {path!r} needs PyTorch: pip install 'keras-resnet-family[torch]' (or "
-            "save the state dict as .safetensors, which loads without it).") from None
+            "save the state dict as .safetensors, which loads without it)."
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle and storage errors come as several types
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path!r} is truncated or corrupt, or not a PyTorch state dict "
-                         f"({detail}); download or save it again.") from None
+        raise ValueError(
+            f"{path!r} is truncated or corrupt, or not a PyTorch state dict ({detail}); download or save it again."
+        ) from None
     for key in ("state_dict", "model"):  # training checkpoints wrap the state dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
-    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
-            for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {
+        k: (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 def _strip_prefix(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -185,8 +224,10 @@ def _read_legacy_h5(path: str) -> Checkpoint:
         with h5py.File(path, "r") as f:
             group = f["model_weights"] if "model_weights" in f else f
             if "layer_names" not in group.attrs:
-                raise ValueError(f"{path!r} is not a legacy Keras HDF5 weights file (no layer_names); "
-                                 "expected a keras.applications or keras-resnet ResNet file.")
+                raise ValueError(
+                    f"{path!r} is not a legacy Keras HDF5 weights file (no layer_names); "
+                    "expected a keras.applications or keras-resnet ResNet file."
+                )
             names = tuple(_text(n) for n in group.attrs["layer_names"])
             arrays = {}
             for name in names:
@@ -200,17 +241,22 @@ def _read_legacy_h5(path: str) -> Checkpoint:
     if "conv1_conv" in names or any(n.endswith("_preact_bn") for n in names):
         return Checkpoint(path, "keras_applications", arrays, KERAS_APPLICATIONS_BN_EPSILON, names)
     if "bn_conv1" not in names:
-        raise ValueError(f"{path!r} holds no ResNet layout this package reads: expected keras.applications "
-                         "layer names (conv1_conv, ...) or keras-resnet ones (conv1, bn_conv1, ...).")
+        raise ValueError(
+            f"{path!r} holds no ResNet layout this package reads: expected keras.applications "
+            "layer names (conv1_conv, ...) or keras-resnet ones (conv1, bn_conv1, ...)."
+        )
     epsilon = layers.get("bn_conv1", {}).get("epsilon")
     if epsilon is None:
         if len(arrays.get("conv1", [])) > 1:
             raise ValueError(
                 f"{path!r} comes from keras-resnet before 0.1 (its convs carry biases) and does not "
-                "record its BN epsilon; load it with that package and save it whole (model.save) first.")
+                "record its BN epsilon; load it with that package and save it whole (model.save) first."
+            )
         epsilon = KERAS_RESNET_BN_EPSILON
-    stem = {"conv1": layers.get("conv1", {}).get("padding", "valid" if "padding_conv1" in names else "same"),
-            "pool1": layers.get("pool1", {}).get("padding", "same")}
+    stem = {
+        "conv1": layers.get("conv1", {}).get("padding", "valid" if "padding_conv1" in names else "same"),
+        "pool1": layers.get("pool1", {}).get("padding", "same"),
+    }
     return Checkpoint(path, "keras_resnet", arrays, float(epsilon), names, stem)
 
 
@@ -238,8 +284,14 @@ def _torch_signature(shapes: dict[str, tuple]) -> tuple | None:
     bottleneck = "layer1.0.conv3.weight" in shapes
     conv2 = shapes["layer1.0.conv2.weight"] if bottleneck else (64, 64)
     se = shapes.get("layer1.0.se.fc1.weight")
-    return (repeats, bottleneck, "conv1.0.weight" in shapes, conv2[0], conv2[0] // conv2[1],
-            round(se[0] / se[1], 4) if se else None)
+    return (
+        repeats,
+        bottleneck,
+        "conv1.0.weight" in shapes,
+        conv2[0],
+        conv2[0] // conv2[1],
+        round(se[0] / se[1], 4) if se else None,
+    )
 
 
 def _entry_signature(entry: registry.ModelEntry) -> tuple | None:
@@ -247,9 +299,14 @@ def _entry_signature(entry: registry.ModelEntry) -> tuple | None:
         return None
     block, repeats = specs.IMAGENET_DEPTHS[entry.depth]
     bottleneck = block == "bottleneck"
-    return (repeats, bottleneck, entry.variant == "v1d",
-            entry.width_per_group * entry.groups if bottleneck else 64, entry.groups,
-            round(entry.se_ratio, 4) if entry.se_ratio else None)
+    return (
+        repeats,
+        bottleneck,
+        entry.variant == "v1d",
+        entry.width_per_group * entry.groups if bottleneck else 64,
+        entry.groups,
+        round(entry.se_ratio, 4) if entry.se_ratio else None,
+    )
 
 
 def fitting_models(checkpoint: Checkpoint) -> list[str]:
@@ -257,8 +314,11 @@ def fitting_models(checkpoint: Checkpoint) -> list[str]:
     if checkpoint.layout != "torch":
         return []
     signature = _torch_signature({k: v.shape for k, v in checkpoint.arrays.items()})
-    return [name for name, entry in registry.MODELS.items()
-            if signature is not None and _entry_signature(entry) == signature]
+    return [
+        name
+        for name, entry in registry.MODELS.items()
+        if signature is not None and _entry_signature(entry) == signature
+    ]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -268,8 +328,9 @@ Plan = list[tuple[keras.Variable, np.ndarray]]
 def plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
     """(variable, array) for every variable of `model`, every entry of the file used:
     what `load` assigns, or the refusal naming the first mismatch. Not for "native"."""
-    pairs = {"torch": _torch_plan, "keras_applications": _keras_applications_plan,
-             "keras_resnet": _keras_resnet_plan}[checkpoint.layout](model, checkpoint)
+    pairs = {"torch": _torch_plan, "keras_applications": _keras_applications_plan, "keras_resnet": _keras_resnet_plan}[
+        checkpoint.layout
+    ](model, checkpoint)
     _check_covers(model, pairs, checkpoint.path)
     return pairs
 
@@ -282,12 +343,17 @@ def _check_covers(model: keras.Model, pairs: Plan, path: str) -> None:
     missing = [v.path for v in model.weights if id(v) not in counts]
     twice = [v.path for v in model.weights if counts.get(id(v), 0) > 1]
     if missing or twice:
-        what = (f"it has nothing for {len(missing)} of the model's {len(model.weights)} variables "
-                f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})" if missing
-                else f"it would assign {twice[0]} twice")
-        raise ValueError(f"Weights file {path!r} does not fit this model: {what}. It was saved for "
-                         "another architecture: build the one it holds (without se_ratio, with the "
-                         "file's variant and shortcut), or use weights saved for this one.")
+        what = (
+            f"it has nothing for {len(missing)} of the model's {len(model.weights)} variables "
+            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})"
+            if missing
+            else f"it would assign {twice[0]} twice"
+        )
+        raise ValueError(
+            f"Weights file {path!r} does not fit this model: {what}. It was saved for "
+            "another architecture: build the one it holds (without se_ratio, with the "
+            "file's variant and shortcut), or use weights saved for this one."
+        )
 
 
 def load(model: keras.Model, checkpoint: Checkpoint) -> None:
@@ -316,15 +382,19 @@ def _require_stride_on(model: keras.Model, checkpoint: Checkpoint, stride_on: st
     for _, _, block in _blocks(model):
         if block.preact or (isinstance(block, BottleneckBlock) and block.stride_on != stride_on):
             kind = "pre-activation (v2)" if block.preact else f"strides on the {block.stride_on} (v1)"
-            raise ValueError(f"{checkpoint.path!r} holds {what}, but this model {kind}: build a "
-                             f"matching variant or use weights saved for this one.")
+            raise ValueError(
+                f"{checkpoint.path!r} holds {what}, but this model {kind}: build a "
+                f"matching variant or use weights saved for this one."
+            )
 
 
-def _fold_epsilon(variance: np.ndarray, source: float, layer, where: str) -> np.ndarray:
-    variance = variance + (source - layer.epsilon)
+def _fold_epsilon(variance: np.ndarray, source: float | None, layer, where: str) -> np.ndarray:
+    variance = variance + (cast(float, source) - layer.epsilon)
     if (variance < 0).any():
-        raise ValueError(f"{where}: bn_epsilon={layer.epsilon} is larger than the file's {source} by more "
-                         f"than a variance, so it cannot fold exactly; build with bn_epsilon={source}.")
+        raise ValueError(
+            f"{where}: bn_epsilon={layer.epsilon} is larger than the file's {source} by more "
+            f"than a variance, so it cannot fold exactly; build with bn_epsilon={source}."
+        )
     return variance
 
 
@@ -347,14 +417,14 @@ class _StateDictPlan:
             raise self.refuse(key, f"missing from the file (the model expects shape {torch_shape(variable.shape)})")
         array = transform(self.arrays[key])
         if array.shape != tuple(variable.shape):
-            raise self.refuse(key, f"the file has shape {self.arrays[key].shape}, the model expects "
-                                   f"{torch_shape(variable.shape)}")
+            raise self.refuse(
+                key, f"the file has shape {self.arrays[key].shape}, the model expects {torch_shape(variable.shape)}"
+            )
         self.used.add(key)
         self.plan.append((variable, array))
 
     def conv(self, layer, key: str) -> None:
-        self.take(f"{key}.weight", layer.kernel, lambda a: a.transpose(2, 3, 1, 0),
-                  lambda s: (s[3], s[2], s[0], s[1]))
+        self.take(f"{key}.weight", layer.kernel, lambda a: a.transpose(2, 3, 1, 0), lambda s: (s[3], s[2], s[0], s[1]))
         if layer.use_bias:
             self.take(f"{key}.bias", layer.bias)
 
@@ -362,8 +432,11 @@ class _StateDictPlan:
         self.take(f"{key}.weight", layer.gamma)
         self.take(f"{key}.bias", layer.beta)
         self.take(f"{key}.running_mean", layer.moving_mean)
-        self.take(f"{key}.running_var", layer.moving_variance,
-                  lambda a: _fold_epsilon(a, self.checkpoint.bn_epsilon, layer, f"{self.path!r} at {key}"))
+        self.take(
+            f"{key}.running_var",
+            layer.moving_variance,
+            lambda a: _fold_epsilon(a, self.checkpoint.bn_epsilon, layer, f"{self.path!r} at {key}"),
+        )
         self.used.add(f"{key}.num_batches_tracked")
 
     def either(self, layer, key: str) -> None:
@@ -375,8 +448,9 @@ class _StateDictPlan:
 
     def finish(self, ignored: set[str]) -> Plan:
         """The plan, once no key of the file is left unused (but `ignored` ones)."""
-        extra = [k for k in self.arrays
-                 if k not in self.used and k not in ignored and not k.endswith("num_batches_tracked")]
+        extra = [
+            k for k in self.arrays if k not in self.used and k not in ignored and not k.endswith("num_batches_tracked")
+        ]
         if extra:
             raise self.refuse(extra[0], f"in the file (shape {self.arrays[extra[0]].shape}), not in this model")
         return self.plan
@@ -417,9 +491,11 @@ def _keras_applications_targets(model: keras.Model) -> list[tuple[str, keras.lay
     out = []
     for layer in model.layers:
         if isinstance(layer, ResidualBlock):
-            out += [(f"{layer.name}_{suffix}", getattr(layer, attr))
-                    for attr, suffix in _KERAS_APPLICATIONS_NAMES.items()
-                    if getattr(layer, attr, None) is not None]
+            out += [
+                (f"{layer.name}_{suffix}", getattr(layer, attr))
+                for attr, suffix in _KERAS_APPLICATIONS_NAMES.items()
+                if getattr(layer, attr, None) is not None
+            ]
         elif layer.weights:
             out.append((layer.name, layer))
     return out
@@ -430,9 +506,11 @@ def _require_projection_shortcuts(model: keras.Model, checkpoint: Checkpoint, wh
     the same shapes but computes something else."""
     for _, _, block in _blocks(model):
         if getattr(block, "shortcut_kind", None) == "avgpool":
-            raise ValueError(f"{checkpoint.path!r} holds {what} with strided 1x1 projection shortcuts, "
-                             f"but {block.name} pools before its projection (shortcut='avgpool'): "
-                             "build with the default shortcut.")
+            raise ValueError(
+                f"{checkpoint.path!r} holds {what} with strided 1x1 projection shortcuts, "
+                f"but {block.name} pools before its projection (shortcut='avgpool'): "
+                "build with the default shortcut."
+            )
 
 
 def _keras_applications_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
@@ -455,16 +533,21 @@ def _keras_resnet_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
             letter = chr(ord("a") + b - 1)
             # ResNet-101/152 number their blocks after the first (res4b1, res4b2, ...), as Caffe did.
             block = next((c for c in (letter, f"b{b - 1}") if f"res{s}{c}_branch2a" in names), letter)
-            targets += [(pattern.format(f"{s}{block}"), getattr(layer, attr))
-                        for attr, pattern in _KERAS_RESNET_NAMES.items() if getattr(layer, attr, None) is not None]
+            targets += [
+                (pattern.format(f"{s}{block}"), getattr(layer, attr))
+                for attr, pattern in _KERAS_RESNET_NAMES.items()
+                if getattr(layer, attr, None) is not None
+            ]
         elif layer.weights:
             targets.append((stem.get(layer.name, layer.name), layer))
     return _legacy_plan(model, checkpoint, targets, "fc1000")
 
 
 def _mismatch(path: str, name: str, what: str) -> ValueError:
-    return ValueError(f"Weights file {path!r} does not fit this model at layer {name!r}: {what}. "
-                      "It was saved for another architecture (depth, variant, include_top or classes).")
+    return ValueError(
+        f"Weights file {path!r} does not fit this model at layer {name!r}: {what}. "
+        "It was saved for another architecture (depth, variant, include_top or classes)."
+    )
 
 
 def _legacy_plan(model: keras.Model, checkpoint: Checkpoint, targets, head: str) -> Plan:
@@ -492,15 +575,16 @@ def _legacy_plan(model: keras.Model, checkpoint: Checkpoint, targets, head: str)
             gamma, beta = (arrays[0], arrays[1]) if len(arrays) == 4 else (np.ones(channels), np.zeros(channels))
             mean, variance = arrays[-2], arrays[-1]
             scale = "scale" + name[2:] if name.startswith("bn") else None
-            if scale in source:  # Caffe's BatchNorm + Scale pair
+            if scale is not None and scale in source:  # Caffe's BatchNorm + Scale pair
                 used.add(scale)
                 s_gamma, s_beta = source[scale]
                 gamma, beta = s_gamma * gamma, s_gamma * beta + s_beta
             if pending_bias is not None:
                 mean, pending_bias = mean - pending_bias, None
             variance = _fold_epsilon(variance, checkpoint.bn_epsilon, layer, f"Layer {name!r}")
-            for variable, array in zip((layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance),
-                                       (gamma, beta, mean, variance)):
+            for variable, array in zip(
+                (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance), (gamma, beta, mean, variance)
+            ):
                 put(variable, np.asarray(array), name)
             continue
         if pending_bias is not None:
@@ -543,8 +627,9 @@ def _file_keys(model: keras.Model) -> dict[str, str]:
     counts: dict[str, int] = {}
     keys = {}
     for layer in model.layers:
-        base = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2",
-                      re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)).lower()
+        base = re.sub(
+            r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", type(layer).__name__)
+        ).lower()
         counts[base] = counts.get(base, -1) + 1
         keys[f"layers/{base}" + (f"_{counts[base]}" if counts[base] else "")] = layer.name
     return keys
@@ -565,6 +650,9 @@ def _load_native(model: keras.Model, path: str) -> None:
         if expected.get(key) != found.get(key):
             want = [shape for _, shape in expected.get(key, [])]
             got = [shape for _, shape in found.get(key, [])]
-            raise _mismatch(path, names.get(key, key.removeprefix("layers/")),
-                            f"model expects variables {want or 'none'}, file has {got or 'none'}")
+            raise _mismatch(
+                path,
+                names.get(key, key.removeprefix("layers/")),
+                f"model expects variables {want or 'none'}, file has {got or 'none'}",
+            )
     keras.Model.load_weights(model, path)  # Keras's own, also for the old API's subclass

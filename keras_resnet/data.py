@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from keras_resnet import augment as augment_lib, layers, pydata
+from keras_resnet import augment as augment_lib
+from keras_resnet import layers, pydata
 from keras_resnet.errors import DataError
 
 try:
@@ -38,7 +39,6 @@ EVAL_SPLIT_NAMES = ("test", "val", "validation")
 MEMORY_MAX_SIDE = 64  # decode-once-into-memory for images up to this side
 
 
-
 @dataclasses.dataclass
 class Splits:
     train: tf.data.Dataset | pydata.Arrays
@@ -47,8 +47,8 @@ class Splits:
     num_train: int
     num_test: int
     image_size: tuple[int, int] | None  # fixed (H, W) when every image has it
-    mean: tuple[float, float, float]  # per-channel RGB statistics on [0, 255]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per-channel RGB statistics on [0, 255]
+    std: tuple[float, ...]
     source: str
     skipped: list[str] = dataclasses.field(default_factory=list)
 
@@ -63,12 +63,18 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    order = [idx for rank in range(max(map(len, per_class))) for group in per_class
-             if rank < len(group) for idx in [group[rank]]]
+    order = [
+        idx
+        for rank in range(max(map(len, per_class)))
+        for group in per_class
+        if rank < len(group)
+        for idx in [group[rank]]
+    ]
     return np.sort(np.asarray(order[:n]))
 
 
 # -- image folders -------------------------------------------------------------------------
+
 
 def _pick_classes(available: list[str], classes: list[str] | None, source: str) -> list[int]:
     """Indices into `available` of the `classes` asked for, in their order (all by default)."""
@@ -76,8 +82,10 @@ def _pick_classes(available: list[str], classes: list[str] | None, source: str) 
         return list(range(len(available)))
     unknown = [c for c in classes if c not in available]
     if unknown or len(set(classes)) != len(classes):
-        raise DataError(f"data.classes {list(classes)}: {'unknown ' + str(unknown) if unknown else 'repeated names'}; "
-                        f"{source} has {available}.")
+        raise DataError(
+            f"data.classes {list(classes)}: {'unknown ' + str(unknown) if unknown else 'repeated names'}; "
+            f"{source} has {available}."
+        )
     return [available.index(c) for c in classes]
 
 
@@ -99,8 +107,9 @@ def _list_split(split_dir: Path, class_names: list[str]) -> tuple[list[str], np.
             elif f.is_file():
                 skipped.append(str(f))
         if not images:
-            raise DataError(f"Class folder {folder} has no JPEG/PNG images "
-                            f"(classes must match across splits: {class_names}).")
+            raise DataError(
+                f"Class folder {folder} has no JPEG/PNG images (classes must match across splits: {class_names})."
+            )
         paths += [str(f) for f in images]
         labels += [label] * len(images)
     return paths, np.asarray(labels, np.int32), skipped
@@ -115,11 +124,13 @@ def _decode_all(paths: list[str]) -> tuple[list[np.ndarray | None], list[str]]:
     """Decode every file once (threads), naming each that fails."""
     if tf is None:
         return pydata.decode_files(paths)
+
     def safe(path):
         try:
             return decode_file(path)
         except (tf.errors.InvalidArgumentError, tf.errors.OpError):
             return None
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         images = list(pool.map(safe, paths, chunksize=256))
     return images, [p for p, img in zip(paths, images) if img is None]
@@ -141,18 +152,25 @@ def _folder_split(paths, labels, *, in_memory: bool, cache_file: str | None):
     if in_memory:
         images, corrupt = _decode_all(paths)
         keep = [i for i, img in enumerate(images) if img is not None]
-        sizes = {images[i].shape[:2] for i in keep}
+        kept = [img for img in images if img is not None]
+        sizes = {img.shape[:2] for img in kept}
         if len(sizes) > 1:
-            raise DataError(f"Images have different sizes {sorted(sizes)[:4]}; resize them to one size "
-                            "first, or give the size: --set 'data.image_size=[32, 32]'.")
-        array = np.stack([images[i] for i in keep]) if keep else np.zeros((0, 1, 1, 3), np.uint8)
-        ds = (pydata.Arrays(array, labels[keep]) if tf is None
-              else tf.data.Dataset.from_tensor_slices((array, labels[keep])))
+            raise DataError(
+                f"Images have different sizes {sorted(sizes)[:4]}; resize them to one size "
+                "first, or give the size: --set 'data.image_size=[32, 32]'."
+            )
+        array = np.stack(kept) if kept else np.zeros((0, 1, 1, 3), np.uint8)
+        ds = (
+            pydata.Arrays(array, labels[keep])
+            if tf is None
+            else tf.data.Dataset.from_tensor_slices((array, labels[keep]))
+        )
         return ds, len(keep), next(iter(sizes)) if sizes else None, corrupt, array
 
     def load(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return image, label
+
     good = [i for i, path in enumerate(paths) if _has_image_header(path)]
     bad = [paths[i] for i in sorted(set(range(len(paths))) - set(good))]
     ds = tf.data.Dataset.from_tensor_slices(([paths[i] for i in good], labels[good]))
@@ -186,18 +204,25 @@ def image_size_from_header(path: str | os.PathLike) -> tuple[int, int]:
                     height, width = struct.unpack(">xHH", f.read(5))
                     return height, width
                 f.seek(length - 2, 1)
-    raise DataError(f"{path} is not a readable PNG or JPEG file (no image size in its header); "
-                    "remove it or convert it to PNG/JPEG.")
+    raise DataError(
+        f"{path} is not a readable PNG or JPEG file (no image size in its header); remove it or convert it to PNG/JPEG."
+    )
 
 
 def _peek_side(path: str) -> int:
     return max(image_size_from_header(path))
 
 
-def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None = None,
-                      max_eval_samples: int | None = None, seed: int = 0,
-                      cache_dir: str | None = None, include_train: bool = True,
-                      classes: list[str] | None = None) -> Splits:
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    include_train: bool = True,
+    classes: list[str] | None = None,
+) -> Splits:
     """`root/train/<class>/*.jpg` and `root/{test,val,validation}/<class>/*.jpg`.
 
     `include_train=False` lists the training split for its class names only (evaluation);
@@ -205,13 +230,17 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Data folder {root} does not exist. Point --data at a folder with "
-                        "train/ and test/ (or val/) sub-folders of class folders.")
+        raise DataError(
+            f"Data folder {root} does not exist. Point --data at a folder with "
+            "train/ and test/ (or val/) sub-folders of class folders."
+        )
     train_dir = root / "train"
     eval_dir = next((root / n for n in EVAL_SPLIT_NAMES if (root / n).is_dir()), None)
     if not train_dir.is_dir() or eval_dir is None:
-        raise DataError(f"{root} needs train/ and one of {'/'.join(EVAL_SPLIT_NAMES)}/ sub-folders, "
-                        "each holding one folder per class.")
+        raise DataError(
+            f"{root} needs train/ and one of {'/'.join(EVAL_SPLIT_NAMES)}/ sub-folders, "
+            "each holding one folder per class."
+        )
     folders = _class_folders(train_dir)
     class_names = [folders[i] for i in _pick_classes(folders, classes, str(train_dir))]
     train_paths, train_labels, skipped = _list_split(train_dir, class_names)
@@ -225,20 +254,20 @@ def load_image_folder(root: str | os.PathLike, *, max_train_samples: int | None 
     in_memory = tf is None or _peek_side(train_paths[0]) <= MEMORY_MAX_SIDE
     cache = (lambda split: os.path.join(cache_dir, f"{split}.tfcache")) if cache_dir else (lambda s: None)
     train, n_train, size, bad_train, train_array = _folder_split(
-        [train_paths[i] for i in pick_train], train_labels[pick_train], in_memory=in_memory,
-        cache_file=cache("train"))
+        [train_paths[i] for i in pick_train], train_labels[pick_train], in_memory=in_memory, cache_file=cache("train")
+    )
     test, n_test, _, bad_test, _ = _folder_split(
-        [eval_paths[i] for i in pick_eval], eval_labels[pick_eval], in_memory=in_memory,
-        cache_file=cache("test"))
+        [eval_paths[i] for i in pick_eval], eval_labels[pick_eval], in_memory=in_memory, cache_file=cache("test")
+    )
     skipped += bad_train + bad_test
     if n_train == 0 or n_test == 0:
         raise DataError(f"No readable images in {root} ({len(skipped)} files skipped).")
     mean, std = channel_stats(train_array) if train_array is not None else (IMAGENET_MEAN, IMAGENET_STD)
-    return Splits(train, test, class_names, n_train, n_test, size, mean, std,
-                  source=f"folder:{root}", skipped=skipped)
+    return Splits(train, test, class_names, n_train, n_test, size, mean, std, source=f"folder:{root}", skipped=skipped)
 
 
 # -- TFDS ----------------------------------------------------------------------------------
+
 
 def _tfds_builder(name: str, data_dir: str | None):
     """TFDS's builder of `name`, prepared, with image/label features and a train and an eval
@@ -248,23 +277,26 @@ def _tfds_builder(name: str, data_dir: str | None):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # DatasetNotFoundError and friends
-        raise DataError(f"Unknown TFDS dataset {name!r} ({type(err).__name__}). Use a TFDS "
-                        "image-classification name (cifar10, cifar100, imagenette, ...) or "
-                        "--data <folder> for local images.") from err
+        raise DataError(
+            f"Unknown TFDS dataset {name!r} ({type(err).__name__}). Use a TFDS "
+            "image-classification name (cifar10, cifar100, imagenette, ...) or "
+            "--data <folder> for local images."
+        ) from err
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DataError(f"TFDS dataset {name!r} has no image/label features.")
     try:
         builder.download_and_prepare()
     except Exception as err:
-        raise DataError(f"Could not fetch TFDS dataset {name!r} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:160]}). Offline, point --data at a local folder "
-                        "with train/ and test/ class folders, e.g. --data ../shared/datasets/"
-                        "cifar10-jpeg.") from err
+        raise DataError(
+            f"Could not fetch TFDS dataset {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160]}). Offline, point --data at a local folder "
+            "with train/ and test/ class folders, e.g. --data ../shared/datasets/"
+            "cifar10-jpeg."
+        ) from err
     splits = list(builder.info.splits)
     if "train" not in splits or not any(s in splits for s in EVAL_SPLIT_NAMES):
-        raise DataError(f"TFDS dataset {name!r} needs a train split and one of {EVAL_SPLIT_NAMES}; "
-                        f"it has {splits}.")
+        raise DataError(f"TFDS dataset {name!r} needs a train split and one of {EVAL_SPLIT_NAMES}; it has {splits}.")
     return builder
 
 
@@ -288,8 +320,7 @@ class _TfdsReader:
             ds = ds.map(lambda image, label: (image, tf.gather(remap, tf.cast(label, tf.int32))))
         if (n is None or n >= total) and not self.subset_classes:
             return ds, total
-        undecoded = builder.as_dataset(split=split, as_supervised=True,
-                                       decoders={"image": tfds.decode.SkipDecoding()})
+        undecoded = builder.as_dataset(split=split, as_supervised=True, decoders={"image": tfds.decode.SkipDecoding()})
         labels = remap[np.fromiter((int(label) for _, label in tfds.as_numpy(undecoded)), np.int32)]
         keep = np.zeros(total, bool)
         chosen = np.flatnonzero(labels >= 0)
@@ -299,9 +330,16 @@ class _TfdsReader:
         return ds, int(keep.sum())
 
 
-def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int | None = None,
-              max_eval_samples: int | None = None, seed: int = 0, include_train: bool = True,
-              classes: list[str] | None = None) -> Splits:
+def load_tfds(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+    include_train: bool = True,
+    classes: list[str] | None = None,
+) -> Splits:
     """A TFDS image-classification dataset by name (image/label features); `classes` keeps
     those classes only, labelled 0.. in that order."""
     import tensorflow_datasets as tfds
@@ -333,8 +371,17 @@ def load_tfds(name: str, *, data_dir: str | None = None, max_train_samples: int 
         train, test = train.cache(), test.cache()  # after the partial read, so nothing discards it
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return Splits(train, test, [all_names[i] for i in picked], n_train, n_test, size, mean, std,
-                  source=f"tfds:{name}" + (f" ({len(picked)} classes)" if classes else ""))
+    return Splits(
+        train,
+        test,
+        [all_names[i] for i in picked],
+        n_train,
+        n_test,
+        size,
+        mean,
+        std,
+        source=f"tfds:{name}" + (f" ({len(picked)} classes)" if classes else ""),
+    )
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -346,9 +393,11 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 def require_tfds(data: str) -> None:
     """Refuse the TFDS dataset `data` where TensorFlow (which reads it) is not installed."""
     if tf is None:
-        raise DataError(f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed. "
-                        "Convert it once where TensorFlow is (docs/training.md, 'Without TensorFlow') "
-                        "and pass the .npz, or pass an image folder: --data FOLDER.")
+        raise DataError(
+            f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed. "
+            "Convert it once where TensorFlow is (docs/training.md, 'Without TensorFlow') "
+            "and pass the .npz, or pass an image folder: --data FOLDER."
+        )
 
 
 def is_folder(data: str) -> bool:
@@ -361,8 +410,7 @@ def peek_image_side(data: str, data_dir: str | None = None) -> int:
     if data.endswith(".npz"):
         return max(pydata.npz_shape(data, "x_train")[1:3])
     if is_folder(data):
-        first = next((f for f in sorted(Path(data, "train").glob("*/*"))
-                      if f.suffix.lower() in IMAGE_EXTENSIONS), None)
+        first = next((f for f in sorted(Path(data, "train").glob("*/*")) if f.suffix.lower() in IMAGE_EXTENSIONS), None)
         if first is None:
             load_image_folder(data)  # raises the precise error about the layout
         return _peek_side(str(first))
@@ -372,13 +420,16 @@ def peek_image_side(data: str, data_dir: str | None = None) -> int:
     try:
         shape = tfds.builder(data, data_dir=data_dir).info.features["image"].shape
     except Exception as err:
-        raise DataError(f"Unknown TFDS dataset {data!r} ({type(err).__name__}). Use a TFDS "
-                        "image-classification name or --data <folder> for local images.") from err
+        raise DataError(
+            f"Unknown TFDS dataset {data!r} ({type(err).__name__}). Use a TFDS "
+            "image-classification name or --data <folder> for local images."
+        ) from err
     return max(shape[:2]) if None not in shape[:2] else 1 << 30
 
 
-def count_train(data: str, data_dir: str | None = None, classes: list[str] | None = None,
-                max_train_samples: int | None = None) -> int:
+def count_train(
+    data: str, data_dir: str | None = None, classes: list[str] | None = None, max_train_samples: int | None = None
+) -> int:
     """How many training images `load` will give, without decoding any: files in the class
     folders, or TFDS's split size (times the share of `classes`, for balanced datasets)."""
     if data.endswith(".npz"):
@@ -390,8 +441,7 @@ def count_train(data: str, data_dir: str | None = None, classes: list[str] | Non
         train_dir = Path(data, "train")
         folders = _class_folders(train_dir) if train_dir.is_dir() else []
         names = [folders[i] for i in _pick_classes(folders, classes, str(train_dir))] if folders else []
-        total = sum(1 for name in names for f in (train_dir / name).iterdir()
-                    if f.suffix.lower() in IMAGE_EXTENSIONS)
+        total = sum(1 for name in names for f in (train_dir / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
     else:
         require_tfds(data)
         import tensorflow_datasets as tfds
@@ -403,15 +453,24 @@ def count_train(data: str, data_dir: str | None = None, classes: list[str] | Non
             total = builder.info.splits["train"].num_examples
             labels = builder.info.features["label"].names
         except Exception as err:
-            raise DataError(f"Cannot read the size of TFDS dataset {data!r} ({type(err).__name__}); "
-                            "use --data <folder> for local images.") from err
+            raise DataError(
+                f"Cannot read the size of TFDS dataset {data!r} ({type(err).__name__}); "
+                "use --data <folder> for local images."
+            ) from err
         if classes:
             total = total * len(_pick_classes(labels, classes, f"TFDS {data!r}")) // len(labels)
     return min(total, max_train_samples) if max_train_samples else total
 
 
-def load_npz(path: str, *, max_train_samples: int | None = None, max_eval_samples: int | None = None,
-             seed: int = 0, include_train: bool = True, classes: list[str] | None = None) -> Splits:
+def load_npz(
+    path: str,
+    *,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+    include_train: bool = True,
+    classes: list[str] | None = None,
+) -> Splits:
     """Arrays from a `.npz` (`pydata.load_npz`'s layout); classes are named "0", "1", ...;
     `classes` keeps those only, labelled 0.. in that order."""
     train, test = pydata.load_npz(path)
@@ -420,8 +479,10 @@ def load_npz(path: str, *, max_train_samples: int | None = None, max_eval_sample
     remap = np.full(len(available), -1, np.int32)
     remap[picked] = np.arange(len(picked))
     chosen = []
-    for split, n, split_seed in ((train, max_train_samples if include_train else 1, seed),
-                                 (test, max_eval_samples, seed + 1)):
+    for split, n, split_seed in (
+        (train, max_train_samples if include_train else 1, seed),
+        (test, max_eval_samples, seed + 1),
+    ):
         labels = remap[split.labels]
         rows = np.flatnonzero(labels >= 0)
         rows = rows[stratified_subset(labels[rows], n, split_seed)]
@@ -433,8 +494,7 @@ def load_npz(path: str, *, max_train_samples: int | None = None, max_eval_sample
     counts, size = (len(train.labels), len(test.labels)), tuple(train.images.shape[1:3])
     if tf is not None:
         train, test = (tf.data.Dataset.from_tensor_slices((a.images, a.labels)) for a in (train, test))
-    return Splits(train, test, [available[i] for i in picked], *counts, size, mean, std,
-                  source=f"npz:{path}")
+    return Splits(train, test, [available[i] for i in picked], *counts, size, mean, std, source=f"npz:{path}")
 
 
 def load(data: str, **kwargs) -> Splits:
@@ -451,6 +511,7 @@ def load(data: str, **kwargs) -> Splits:
 
 
 # -- pipelines -------------------------------------------------------------------------------
+
 
 def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
     """Resize the shorter side to size/crop_fraction, then center-crop `size` (ImageNet eval);
@@ -492,10 +553,20 @@ def prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
-def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, epochs: int,
-                   initial_epoch: int, seed: int, image_size: tuple[int, int],
-                   fixed_size: bool, augment=None, random_resized_crop: bool = False,
-                   initial_step: int = 0) -> tf.data.Dataset:
+def train_pipeline(
+    ds: tf.data.Dataset,
+    *,
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    initial_epoch: int,
+    seed: int,
+    image_size: tuple[int, int],
+    fixed_size: bool,
+    augment=None,
+    random_resized_crop: bool = False,
+    initial_step: int = 0,
+) -> tf.data.Dataset:
     """Epochs `initial_epoch..epochs-1` (the first from batch `initial_step`), each shuffled
     with seed `seed + epoch`, batched, augmented per batch, prefetched.
 
@@ -504,23 +575,30 @@ def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, e
     that never stopped saw. One `flat_map` over the epoch numbers, not a chain of per-epoch
     copies: an in-memory split is held once, whatever the number of epochs.
     """
+
     def one_epoch(epoch):
         # The order depends on the op-level seed alone. (With a graph-level seed of 0, as
         # `keras.utils.set_random_seed(0)` sets, TensorFlow cannot take a tensor op seed.)
         tf.compat.v1.get_default_graph().seed = None
-        epoch_ds = ds.shuffle(min(num_examples, 50_000), seed=seed + epoch,
-                              reshuffle_each_iteration=False).enumerate()
-        epoch_ds = epoch_ds.skip(tf.where(epoch == initial_epoch, tf.cast(initial_step * batch_size, tf.int64),
-                                          tf.constant(0, tf.int64)))
+        epoch_ds = ds.shuffle(min(num_examples, 50_000), seed=seed + epoch, reshuffle_each_iteration=False).enumerate()
+        epoch_ds = epoch_ds.skip(
+            tf.where(epoch == initial_epoch, tf.cast(initial_step * batch_size, tf.int64), tf.constant(0, tf.int64))
+        )
         if random_resized_crop:
-            epoch_ds = epoch_ds.map(lambda i, xy: (i, (_random_resized_crop(
-                xy[0], image_size, augment_lib.position_key(seed, 1, epoch, i)), xy[1])),
-                num_parallel_calls=PARALLEL_CALLS)
+            epoch_ds = epoch_ds.map(
+                lambda i, xy: (
+                    i,
+                    (_random_resized_crop(xy[0], image_size, augment_lib.position_key(seed, 1, epoch, i)), xy[1]),
+                ),
+                num_parallel_calls=PARALLEL_CALLS,
+            )
         elif not fixed_size:
-            epoch_ds = epoch_ds.map(lambda i, xy: (i, (resize_eval(xy[0], image_size, None), xy[1])),
-                                    num_parallel_calls=PARALLEL_CALLS)
+            epoch_ds = epoch_ds.map(
+                lambda i, xy: (i, (resize_eval(xy[0], image_size, None), xy[1])), num_parallel_calls=PARALLEL_CALLS
+            )
         return epoch_ds.batch(batch_size, drop_remainder=True).map(
-            lambda i, xy: (xy[0], xy[1], augment_lib.position_key(seed, 0, epoch, i[0] // batch_size)))
+            lambda i, xy: (xy[0], xy[1], augment_lib.position_key(seed, 0, epoch, i[0] // batch_size))
+        )
 
     batches = tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
     augment = augment or (lambda x, y, key: (x, y))
@@ -528,11 +606,16 @@ def train_pipeline(ds: tf.data.Dataset, *, num_examples: int, batch_size: int, e
     return prefetched(batches)
 
 
-def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int, int],
-                  fixed_size: bool, crop_fraction: float | None = None) -> tf.data.Dataset:
+def eval_pipeline(
+    ds: tf.data.Dataset,
+    *,
+    batch_size: int,
+    image_size: tuple[int, int],
+    fixed_size: bool,
+    crop_fraction: float | None = None,
+) -> tf.data.Dataset:
     if not fixed_size or crop_fraction:
-        ds = ds.map(lambda x, y: (resize_eval(x, image_size, crop_fraction), y),
-                    num_parallel_calls=PARALLEL_CALLS)
+        ds = ds.map(lambda x, y: (resize_eval(x, image_size, crop_fraction), y), num_parallel_calls=PARALLEL_CALLS)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=PARALLEL_CALLS)
     return prefetched(ds.batch(batch_size))
@@ -541,7 +624,14 @@ def eval_pipeline(ds: tf.data.Dataset, *, batch_size: int, image_size: tuple[int
 def _random_resized_crop(image, size, key, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """Inception-style crop (random area and aspect, drawn from `key`), resized to `size`."""
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=key, min_object_covered=0.0,
-        aspect_ratio_range=ratio, area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        tf.zeros([0, 0, 4], tf.float32),
+        seed=key,
+        min_object_covered=0.0,
+        aspect_ratio_range=ratio,
+        area_range=scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(tf.cast(crop, tf.float32), size, antialias=True)

@@ -31,12 +31,14 @@ except ImportError:  # a JAX or PyTorch installation: `KerasStrategy` only
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "tpu")
 # What a lost worker raises in `model.fit` (multi-worker, TensorFlow only).
-LOST_CONTACT = (() if tf is None else (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                                       tf.errors.CancelledError, tf.errors.AbortedError))
+LOST_CONTACT = (
+    ()
+    if tf is None
+    else (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError, tf.errors.AbortedError)
+)
 # Keras versions whose TensorFlow trainer the multi-worker fix was verified against (by the
 # two-worker tests; on Keras 3.8 with TensorFlow 2.18 they failed, so it is not listed).
 MULTI_WORKER_FIX_KERAS = ("3.15",)
-
 
 
 def parse_tf_config(raw: str | None = None) -> dict | None:
@@ -58,11 +60,14 @@ def parse_tf_config(raw: str | None = None) -> dict | None:
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise DistributeError('TF_CONFIG needs "task": {"type": "worker", "index": N}.')
     if task["type"] not in cluster:
-        raise DistributeError(f'TF_CONFIG "task.type" {task["type"]!r} is not a job of "cluster" '
-                              f"({', '.join(cluster)}).")
+        raise DistributeError(
+            f'TF_CONFIG "task.type" {task["type"]!r} is not a job of "cluster" ({", ".join(cluster)}).'
+        )
     if not isinstance(task["index"], int) or not 0 <= task["index"] < len(cluster[task["type"]]):
-        raise DistributeError(f'TF_CONFIG "task.index" {task["index"]!r} is out of range: '
-                              f'"cluster.{task["type"]}" has {len(cluster[task["type"]])} address(es).')
+        raise DistributeError(
+            f'TF_CONFIG "task.index" {task["index"]!r} is out of range: '
+            f'"cluster.{task["type"]}" has {len(cluster[task["type"]])} address(es).'
+        )
     return config
 
 
@@ -71,8 +76,11 @@ def _cluster_size(config: dict | None) -> int:
 
 
 def _tpu_address(tpu: str | None) -> str | None:
-    return tpu or os.environ.get("TPU_NAME") or (
-        f"grpc://{os.environ['COLAB_TPU_ADDR']}" if os.environ.get("COLAB_TPU_ADDR") else None)
+    return (
+        tpu
+        or os.environ.get("TPU_NAME")
+        or (f"grpc://{os.environ['COLAB_TPU_ADDR']}" if os.environ.get("COLAB_TPU_ADDR") else None)
+    )
 
 
 def _local_tpu() -> bool:
@@ -101,9 +109,11 @@ def _keras_strategy(name: str) -> KerasStrategy:
     if name == "multi-worker" or (name == "auto" and _cluster_size(parse_tf_config()) > 1):
         check_multi_worker_keras()  # refuses every backend but TensorFlow, naming it
     if name not in ("auto", "one-device", "mirrored"):
-        raise DistributeError(f"--strategy {name} is tf.distribute's: set KERAS_BACKEND=tensorflow. On "
-                              f"{backend}, --strategy auto trains on one process"
-                              + (" and spreads the batch over the local devices." if backend == "jax" else "."))
+        raise DistributeError(
+            f"--strategy {name} is tf.distribute's: set KERAS_BACKEND=tensorflow. On "
+            f"{backend}, --strategy auto trains on one process"
+            + (" and spreads the batch over the local devices." if backend == "jax" else ".")
+        )
     if backend == "jax" and name != "one-device":
         devices = keras.distribution.list_devices()
         if len(devices) > 1:
@@ -111,8 +121,10 @@ def _keras_strategy(name: str) -> KerasStrategy:
         if name == "mirrored":
             raise DistributeError("--strategy mirrored found one device; use --strategy auto.")
     elif name == "mirrored":
-        raise DistributeError(f"--strategy mirrored is not available on {backend}: set KERAS_BACKEND=jax "
-                              "(Keras's DataParallel) or tensorflow.")
+        raise DistributeError(
+            f"--strategy mirrored is not available on {backend}: set KERAS_BACKEND=jax "
+            "(Keras's DataParallel) or tensorflow."
+        )
     return KerasStrategy()
 
 
@@ -148,21 +160,27 @@ def make_strategy(name: str = "auto", tpu: str | None = None):
         return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "multi-worker":
         if config is None:
-            raise DistributeError("--strategy multi-worker needs TF_CONFIG, e.g. TF_CONFIG='{\"cluster\": "
-                                  "{\"worker\": [\"host1:12345\", \"host2:12345\"]}, \"task\": "
-                                  "{\"type\": \"worker\", \"index\": 0}}' on each worker.")
+            raise DistributeError(
+                '--strategy multi-worker needs TF_CONFIG, e.g. TF_CONFIG=\'{"cluster": '
+                '{"worker": ["host1:12345", "host2:12345"]}, "task": '
+                '{"type": "worker", "index": 0}}\' on each worker.'
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     address = _tpu_address(tpu)
     if address is None and not _local_tpu():
-        raise DistributeError("--strategy tpu found no TPU: pass --tpu grpc://HOST:8470 (or a TPU name), "
-                              "run on a TPU VM, or pick a Colab TPU runtime.")
+        raise DistributeError(
+            "--strategy tpu found no TPU: pass --tpu grpc://HOST:8470 (or a TPU name), "
+            "run on a TPU VM, or pick a Colab TPU runtime."
+        )
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address or "local")
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError, RuntimeError) as err:
-        raise DistributeError(f"Could not connect to the TPU {address or 'local'} "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:160]}).") from err
+        raise DistributeError(
+            f"Could not connect to the TPU {address or 'local'} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160]})."
+        ) from err
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -175,15 +193,17 @@ def is_default(strategy) -> bool:
 
 def describe(strategy) -> str:
     if isinstance(strategy, KerasStrategy):
-        return (f"DataParallel ({strategy.num_replicas_in_sync} devices)" if strategy.distribution
-                else "one device")
+        return f"DataParallel ({strategy.num_replicas_in_sync} devices)" if strategy.distribution else "one device"
     name = type(strategy).__name__
     return f"{'default strategy' if name.startswith('_Default') else name} ({strategy.num_replicas_in_sync} replica(s))"
 
 
 def is_multi_worker(strategy) -> bool:
-    return (tf is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+    return (
+        tf is not None
+        and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
 
 
 def is_chief(strategy) -> bool:
@@ -192,16 +212,17 @@ def is_chief(strategy) -> bool:
         return True
     resolver = strategy.cluster_resolver
     has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
-                                             and resolver.task_id == 0)
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
 def check_batch(batch_size: int, strategy) -> None:
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         lower, upper = batch_size // replicas * replicas, -(-batch_size // replicas) * replicas
-        raise DistributeError(f"The global batch size {batch_size} does not split over {replicas} "
-                              f"replicas; use a multiple of {replicas} (e.g. {lower or upper} or {upper}).")
+        raise DistributeError(
+            f"The global batch size {batch_size} does not split over {replicas} "
+            f"replicas; use a multiple of {replicas} (e.g. {lower or upper} or {upper})."
+        )
 
 
 def agree(strategy, value: int, what: str) -> int:
@@ -211,8 +232,10 @@ def agree(strategy, value: int, what: str) -> int:
     values = strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0).numpy()
     low, high = int(values.min()), int(values.max())
     if low != high:
-        raise DistributeError(f"Workers disagree on {what} ({low} vs {high}): every worker must see the "
-                              "chief's run folder (shared storage) and get the same command line.")
+        raise DistributeError(
+            f"Workers disagree on {what} ({low} vs {high}): every worker must see the "
+            "chief's run folder (shared storage) and get the same command line."
+        )
     return value
 
 
@@ -231,12 +254,16 @@ def check_multi_worker_keras(version: str | None = None, backend: str | None = N
     (default: the running ones)."""
     version, backend = version or keras.__version__, backend or keras.config.backend()
     if backend != "tensorflow":
-        raise DistributeError(f"Multi-worker training runs on the TensorFlow backend; this is {backend}. "
-                              "Set KERAS_BACKEND=tensorflow on every worker.")
+        raise DistributeError(
+            f"Multi-worker training runs on the TensorFlow backend; this is {backend}. "
+            "Set KERAS_BACKEND=tensorflow on every worker."
+        )
     if ".".join(version.split(".")[:2]) not in MULTI_WORKER_FIX_KERAS:
-        raise DistributeError(f"Multi-worker training is verified on Keras {', '.join(MULTI_WORKER_FIX_KERAS)}; "
-                              f"this is Keras {version}. Install keras=={MULTI_WORKER_FIX_KERAS[-1]}.*, "
-                              "or train on one machine (--strategy mirrored).")
+        raise DistributeError(
+            f"Multi-worker training is verified on Keras {', '.join(MULTI_WORKER_FIX_KERAS)}; "
+            f"this is Keras {version}. Install keras=={MULTI_WORKER_FIX_KERAS[-1]}.*, "
+            "or train on one machine (--strategy mirrored)."
+        )
 
 
 @contextlib.contextmanager
@@ -253,14 +280,18 @@ def multi_worker_fit(strategy) -> Iterator[None]:
     original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
 
     def first_local(value):
-        return (strategy.experimental_local_results(value)[0]
-                if isinstance(value, tf.distribute.DistributedValues) else value)
+        return (
+            strategy.experimental_local_results(value)[0]
+            if isinstance(value, tf.distribute.DistributedValues)
+            else value
+        )
 
     def reduce_per_replica(values, strat, reduction):
         # Scalars (losses, metric results) cannot be reduced along axis 0.
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strat):
             return tree.map_structure(
-                lambda v: strat.reduce("MEAN", v, axis=0 if first_local(v).shape.rank else None), values)
+                lambda v: strat.reduce("MEAN", v, axis=0 if first_local(v).shape.rank else None), values
+            )
         return original_reduce(values, strat, reduction)
 
     def maybe_symbolic_build(self, iterator=None, data_batch=None):

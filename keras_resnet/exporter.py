@@ -33,12 +33,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import evaluation, files, parity, runs, saving
+from keras_resnet import evaluation, files, parity, runfolder, saving
 from keras_resnet.errors import ExportError, ModelError
 
 FORMATS = ("saved_model", "tflite", "keras", "weights", "onnx")
@@ -50,8 +51,8 @@ EXAMPLE_SIGNATURE = "tf_example"
 KIND = {"none": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}
 
 
-
 # -- the model and what is known about it ----------------------------------------------------
+
 
 def load_model(path: str | os.PathLike) -> keras.Model:
     """A `.keras` model file, loaded in safe mode (`saving.load_model`)."""
@@ -70,12 +71,15 @@ class _Layout(evaluation.Layout):
         except ModelError as err:
             raise ExportError(str(err)) from None
         if model.dtype_policy.name != "float32":
-            raise ExportError(f"{model.name} computes in {model.dtype_policy.name}; export a "
-                              "float32 model (`train` saves model.keras in float32; or rebuild "
-                              "under keras.config.set_dtype_policy('float32') and copy weights).")
+            raise ExportError(
+                f"{model.name} computes in {model.dtype_policy.name}; export a "
+                "float32 model (`train` saves model.keras in float32; or rebuild "
+                "under keras.config.set_dtype_policy('float32') and copy weights)."
+            )
 
 
 # -- where the verification images come from --------------------------------------------------
+
 
 def _available(data: str | None, data_dir: str | None, folder: Path | None) -> str | None:
     """`data` if it can be read without a download (a folder, or a prepared TFDS dataset)."""
@@ -122,46 +126,60 @@ class Options:
         if self.int8_io not in INT8_IO:
             raise ExportError(f"Unknown int8 I/O type {self.int8_io!r}; choose one of {', '.join(INT8_IO)}.")
         if self.quantize == "int8" and not self.calibration_data:
-            raise ExportError("Full-integer int8 needs calibration images: pass --calibration-data "
-                              "<folder or TFDS name> (its training split is used).")
+            raise ExportError(
+                "Full-integer int8 needs calibration images: pass --calibration-data "
+                "<folder or TFDS name> (its training split is used)."
+            )
         if self.format == "weights" and not self.output.name.endswith(".weights.h5"):
             raise ExportError(f"Weights files must end in .weights.h5, not {self.output.name}.")
         if self.format != "saved_model" and self.output.exists() and not self.overwrite:
-            raise ExportError(f"{self.output} already exists; it was left untouched. Choose another "
-                              "--output or pass --overwrite.")
+            raise ExportError(
+                f"{self.output} already exists; it was left untouched. Choose another --output or pass --overwrite."
+            )
 
 
-def _verification_sample(layout: _Layout, options: Options, context: dict, crop: float | None,
-                         log: Callable[[str], None]) -> parity.Sample:
+def _verification_sample(
+    layout: _Layout, options: Options, context: dict, crop: float | None, log: Callable[[str], None]
+) -> parity.Sample:
     """Real images when there are any (`verify_data`, the run folder's evaluation data, the
     calibration data's evaluation split); a synthetic batch for float32 artifacts only."""
     verify_data, data_dir, count = options.verify_data, options.data_dir, options.verify_samples
     calibration_data, quantize = options.calibration_data, options.quantize
     if verify_data:
-        return parity.load_sample(verify_data, size=layout.size, crop=crop, count=count,
-                                  data_dir=data_dir)
-    for data, where in ((context.get("data"), "the run folder's evaluation data"),
-                        (calibration_data, "the calibration data's evaluation split")):
+        return parity.load_sample(verify_data, size=layout.size, crop=crop, count=count, data_dir=data_dir)
+    for data, where in (
+        (context.get("data"), "the run folder's evaluation data"),
+        (calibration_data, "the calibration data's evaluation split"),
+    ):
         found = _available(data, context.get("data_dir") or data_dir, context.get("folder"))
         if found:
             log(f"Verifying on {where}: {found}")
-            return parity.load_sample(found, size=layout.size, crop=crop, count=count,
-                                      data_dir=context.get("data_dir") or data_dir)
+            return parity.load_sample(
+                found, size=layout.size, crop=crop, count=count, data_dir=context.get("data_dir") or data_dir
+            )
     if quantize != "none":
         # Quantization changes the numbers by design, so max |Δp| has no fixed bound: top-1
         # agreement on real images is what tells a good file from a broken one. On synthetic
         # images, unlike anything the model was trained on, agreement says little, so there
         # is no synthetic fallback (parity.compare checks agreement with or without labels).
-        why = (f"the run folder's data {context['data']!r} is not readable here"
-               if context.get("data") else "no run folder with data beside the model")
-        raise ExportError(f"--quantize {quantize} is verified on real images ({why}): pass "
-                          "--verify-data FOLDER_OR_TFDS_NAME (verify_data=...).")
-    log("No verification data given or recorded: verifying on a fixed synthetic batch "
-        "(max |Δp| only; pass --verify-data for agreement and accuracy).")
+        why = (
+            f"the run folder's data {context['data']!r} is not readable here"
+            if context.get("data")
+            else "no run folder with data beside the model"
+        )
+        raise ExportError(
+            f"--quantize {quantize} is verified on real images ({why}): pass "
+            "--verify-data FOLDER_OR_TFDS_NAME (verify_data=...)."
+        )
+    log(
+        "No verification data given or recorded: verifying on a fixed synthetic batch "
+        "(max |Δp| only; pass --verify-data for agreement and accuracy)."
+    )
     return parity.synthetic_sample(layout.size, layout.channels)
 
 
 # -- atomic placement --------------------------------------------------------------------------
+
 
 def _temporary_dir(parent: Path) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +202,8 @@ def _fsync(path: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
+    for folder, _, names in os.walk(root):
+        for name in names:
             _fsync(Path(folder, name))
         _fsync(Path(folder))
 
@@ -198,8 +216,7 @@ def _place_file(tmp: Path, target: Path, overwrite: bool) -> None:
     file that appeared while the export ran (filesystems without hard links: a rename
     after a last check)."""
     _fsync(tmp)
-    taken = ExportError(f"{target} already exists; it was left untouched. Choose another "
-                        "--output or pass --overwrite.")
+    taken = ExportError(f"{target} already exists; it was left untouched. Choose another --output or pass --overwrite.")
     if overwrite:
         os.replace(tmp, target)
     else:
@@ -226,8 +243,10 @@ def _place_version(tmp: Path, target: Path) -> None:
     except OSError as err:
         if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
             raise
-        raise ExportError(f"{target} appeared while this export ran (another export?); it "
-                          "was left untouched. Export again for the next version.") from None
+        raise ExportError(
+            f"{target} appeared while this export ran (another export?); it "
+            "was left untouched. Export again for the next version."
+        ) from None
     _fsync(target.parent)
 
 
@@ -244,17 +263,19 @@ def _version_target(base: Path, name: str, version: int | None) -> Path:
         raise ExportError(f"Version must be a non-negative integer, not {version}.")
     target = model_dir / str(version)
     if os.path.lexists(target):
-        raise ExportError(f"Version {target} already exists and is never replaced, even with "
-                          "--overwrite (a server that loaded it would keep the old model); it "
-                          "was left untouched. Publish the next version (omit --version), then "
-                          "remove the old one once your servers serve the new one.")
+        raise ExportError(
+            f"Version {target} already exists and is never replaced, even with "
+            "--overwrite (a server that loaded it would keep the old model); it "
+            "was left untouched. Publish the next version (omit --version), then "
+            "remove the old one once your servers serve the new one."
+        )
     return target
 
 
 # -- SavedModel --------------------------------------------------------------------------------
 
-def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[str] | None,
-                     crop: float | None):
+
+def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[str] | None, crop: float | None):
     """A Keras `ExportArchive` with the tensor, image-bytes and tf.Example signatures."""
     height, width = layout.size
     channels, top_k = layout.channels, min(5, layout.num_classes)
@@ -270,23 +291,26 @@ def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[
 
     def decode(encoded):
         header = tf.strings.substr(encoded, 0, 4)
-        known = tf.reduce_any([tf.strings.substr(header, 0, 3) == b"\xff\xd8\xff",
-                               header == b"\x89PNG"])
-        with tf.control_dependencies([tf.debugging.Assert(known, [
-                "image_bytes: an input is not a JPEG or PNG file (first bytes:", header, ")"])]):
+        known = tf.reduce_any([tf.strings.substr(header, 0, 3) == b"\xff\xd8\xff", header == b"\x89PNG"])
+        with tf.control_dependencies(
+            [tf.debugging.Assert(known, ["image_bytes: an input is not a JPEG or PNG file (first bytes:", header, ")"])]
+        ):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
         return evaluation.preprocess(image, layout.size, crop)
 
     def decode_batch(encoded):
-        return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec(
-            [height, width, channels], tf.float32))
+        return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
 
     def serve_images(images):
         expected = [height, width, channels]
         check = tf.debugging.assert_equal(
-            tf.shape(images)[1:], expected, message=(
+            tf.shape(images)[1:],
+            expected,
+            message=(
                 f"images: expected shape [batch, {height}, {width}, {channels}] (RGB pixels in "
-                f"[0, 255]); resize first, or send encoded images to {BYTES_SIGNATURE}, which resizes"))
+                f"[0, 255]); resize first, or send encoded images to {BYTES_SIGNATURE}, which resizes"
+            ),
+        )
         with tf.control_dependencies([check]):
             return outputs(tf.identity(images))
 
@@ -299,25 +323,35 @@ def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_images, input_signature=[
-        tf.TensorSpec([None, height, width, channels], tf.float32, name="images")])
-    archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, input_signature=[
-        tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint(EXAMPLE_SIGNATURE, serve_examples, input_signature=[
-        tf.TensorSpec([None], tf.string, name="examples")])
+    archive.add_endpoint(
+        "serving_default",
+        serve_images,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        BYTES_SIGNATURE, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    archive.add_endpoint(
+        EXAMPLE_SIGNATURE, serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name="examples")]
+    )
     return archive
 
 
-def _export_saved_model(model, layout, target: Path, *, class_names, crop, sample, reference,
-                        log) -> dict:
+def _export_saved_model(model, layout, target: Path, *, class_names, crop, sample, reference, log) -> dict:
     tmp = _temporary_dir(target.parent)
     try:
         archive = _serving_archive(model, layout, class_names, crop)
         archive.write_out(str(tmp / "saved_model"), verbose=False)
-        rows = parity.saved_model_rows(tmp / "saved_model", sample, reference,
-                                       {"bytes": BYTES_SIGNATURE, "example": EXAMPLE_SIGNATURE})
-        result = _report(rows, sample, artifact=str(target), format="saved_model",
-                         signatures=["serving_default", BYTES_SIGNATURE, EXAMPLE_SIGNATURE])
+        rows = parity.saved_model_rows(
+            tmp / "saved_model", sample, reference, {"bytes": BYTES_SIGNATURE, "example": EXAMPLE_SIGNATURE}
+        )
+        result = _report(
+            rows,
+            sample,
+            artifact=str(target),
+            format="saved_model",
+            signatures=["serving_default", BYTES_SIGNATURE, EXAMPLE_SIGNATURE],
+        )
         log(parity.table(rows))
         _check_rows(result, "SavedModel")  # before the rename: a broken version never appears
         files.write_json(tmp / "saved_model" / "assets.extra" / "export_report.json", result)
@@ -329,8 +363,10 @@ def _export_saved_model(model, layout, target: Path, *, class_names, crop, sampl
 
 # -- TFLite ------------------------------------------------------------------------------------
 
-def tflite_model(model: keras.Model, quantize: str = "none", calibration_images: np.ndarray | None = None,
-                 int8_io: str = "float32") -> bytes:
+
+def tflite_model(
+    model: keras.Model, quantize: str = "none", calibration_images: np.ndarray | None = None, int8_io: str = "float32"
+) -> bytes:
     """The `.tflite` bytes of `model` (no verification; `export` verifies): one input
     `images` (NHWC pixels in [0, 255], batch resizable), one output `probabilities`.
     `calibration_images` (preprocessed, like the input) drive full-integer int8."""
@@ -338,10 +374,11 @@ def tflite_model(model: keras.Model, quantize: str = "none", calibration_images:
     height, width = layout.size
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default",
-                         lambda images: {"probabilities": layout.probabilities(model, images)},
-                         input_signature=[tf.TensorSpec([None, height, width, layout.channels],
-                                                        tf.float32, name="images")])
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: {"probabilities": layout.probabilities(model, images)},
+        input_signature=[tf.TensorSpec([None, height, width, layout.channels], tf.float32, name="images")],
+    )
     with tempfile.TemporaryDirectory() as workdir:
         # Converting a concrete function that captures Keras 3 variables directly gives NaN
         # outputs (TF 2.21); going through a one-signature SavedModel does not.
@@ -352,8 +389,8 @@ def tflite_model(model: keras.Model, quantize: str = "none", calibration_images:
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            images = calibration_images
-            converter.representative_dataset = lambda: ([images[i:i + 1]] for i in range(len(images)))
+            images = cast(np.ndarray, calibration_images)  # int8 always has them (Options.check)
+            converter.representative_dataset = lambda: ([images[i : i + 1]] for i in range(len(images)))
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[int8_io]
             converter.inference_input_type = converter.inference_output_type = io_type
@@ -362,23 +399,37 @@ def tflite_model(model: keras.Model, quantize: str = "none", calibration_images:
 
 # -- the entry point ---------------------------------------------------------------------------
 
+
 def _report(rows: list[dict], sample: parity.Sample, **fields) -> dict:
-    return {**fields, "verification_data": sample.source, "rows": rows,
-            "ok": all(row["ok"] for row in rows)}
+    return {**fields, "verification_data": sample.source, "rows": rows, "ok": all(row["ok"] for row in rows)}
 
 
 def _check_rows(result: dict, artifact: str) -> None:
     if not result["ok"]:
-        raise ExportError(f"The exported {artifact} does not match the Keras model, so it was "
-                          f"removed:\n{parity.table(result['rows'])}")
+        raise ExportError(
+            f"The exported {artifact} does not match the Keras model, so it was "
+            f"removed:\n{parity.table(result['rows'])}"
+        )
 
 
-def export(model: keras.Model | str | os.PathLike, format: str, output: str | os.PathLike, *,
-           name: str | None = None, version: int | None = None, quantize: str = "none",
-           calibration_data: str | None = None, calibration_steps: int = 200,
-           int8_io: str = "float32", verify_data: str | None = None, verify_samples: int = 500,
-           data_dir: str | None = None, class_names: Sequence[str] | None = None,
-           overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+def export(
+    model: keras.Model | str | os.PathLike,
+    format: str,
+    output: str | os.PathLike,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    quantize: str = "none",
+    calibration_data: str | None = None,
+    calibration_steps: int = 200,
+    int8_io: str = "float32",
+    verify_data: str | None = None,
+    verify_samples: int = 500,
+    data_dir: str | None = None,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Export `model` (a Keras model or a `.keras` path) and verify it against Keras.
 
     - `format="saved_model"`: TF Serving layout `output/name/version/` (next version when
@@ -403,17 +454,26 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     Returns the report (also saved beside or inside the artifact); raises `ExportError` if
     the artifact is broken (it is removed) or the request is invalid (nothing is written).
     """
-    options = Options(format, Path(output), quantize, calibration_data, calibration_steps, int8_io,
-                      verify_data, verify_samples, data_dir, overwrite)
+    options = Options(
+        format,
+        Path(output),
+        quantize,
+        calibration_data,
+        calibration_steps,
+        int8_io,
+        verify_data,
+        verify_samples,
+        data_dir,
+        overwrite,
+    )
     options.check()
     path = None if isinstance(model, keras.Model) else model
-    model = model if path is None else load_model(path)
+    model = model if isinstance(model, keras.Model) else load_model(model)
     layout = _Layout(model)
-    context = runs.context(path)
+    context = runfolder.context(path)
     class_names = list(class_names or context.get("class_names") or []) or None
     if class_names and len(class_names) != layout.num_classes:
-        raise ExportError(f"{len(class_names)} class names for a model with "
-                          f"{layout.num_classes} classes.")
+        raise ExportError(f"{len(class_names)} class names for a model with {layout.num_classes} classes.")
     try:
         crop = evaluation.eval_crop(layout.size, context.get("crop"))
     except ModelError as err:
@@ -422,34 +482,51 @@ def export(model: keras.Model | str | os.PathLike, format: str, output: str | os
     sample = _verification_sample(layout, options, context, crop, log)
     reference = parity.in_batches(_keras_runner(model, layout), sample.images)
     if target is not None:
-        result = _export_saved_model(model, layout, target, class_names=class_names, crop=crop,
-                                     sample=sample, reference=reference, log=log)
+        result = _export_saved_model(
+            model, layout, target, class_names=class_names, crop=crop, sample=sample, reference=reference, log=log
+        )
         log(f"Wrote {target}")
         return result
     return _export_file(model, layout, options, crop, (sample, reference), log)
 
 
-def _export_file(model: keras.Model, layout: _Layout, options: Options, crop: float | None,
-                 verification: tuple[parity.Sample, np.ndarray], log: Callable[[str], None]) -> dict:
+def _export_file(
+    model: keras.Model,
+    layout: _Layout,
+    options: Options,
+    crop: float | None,
+    verification: tuple[parity.Sample, np.ndarray],
+    log: Callable[[str], None],
+) -> dict:
     """A single-file artifact, written to a temporary folder, checked against the Keras
     model's `verification` outputs, then moved into place with its report."""
     output, quantize, int8_io = options.output, options.quantize, options.int8_io
     sample, reference = verification
     calibration = None
     if quantize == "int8":
-        calibration = parity.load_sample(options.calibration_data, size=layout.size, crop=crop,
-                                         count=options.calibration_steps, data_dir=options.data_dir,
-                                         split="train")
+        calibration = parity.load_sample(
+            cast(str, options.calibration_data),  # int8 always has it (Options.check)
+            size=layout.size,
+            crop=crop,
+            count=options.calibration_steps,
+            data_dir=options.data_dir,
+            split="train",
+        )
     tmp = _temporary_dir(output.parent)
     try:
         artifact = tmp / output.name
         run, row_name, kind = _write_artifact(model, layout, options, calibration, artifact)
-        rows = [parity.compare(row_name, kind, reference, parity.in_batches(run, sample.images),
-                               sample.labels)]
-        result = _report(rows, sample, artifact=str(output), format=options.format, quantize=quantize,
-                         int8_io=int8_io if quantize == "int8" else None,
-                         calibration=calibration.source if calibration else None,
-                         size_bytes=artifact.stat().st_size)
+        rows = [parity.compare(row_name, kind, reference, parity.in_batches(run, sample.images), sample.labels)]
+        result = _report(
+            rows,
+            sample,
+            artifact=str(output),
+            format=options.format,
+            quantize=quantize,
+            int8_io=int8_io if quantize == "int8" else None,
+            calibration=calibration.source if calibration else None,
+            size_bytes=artifact.stat().st_size,
+        )
         log(parity.table(rows))
         _check_rows(result, options.format)
         _place_file(artifact, output, options.overwrite)
@@ -460,8 +537,9 @@ def _export_file(model: keras.Model, layout: _Layout, options: Options, crop: fl
     return result
 
 
-def _write_artifact(model: keras.Model, layout: _Layout, options: Options, calibration: parity.Sample | None,
-                    artifact: Path) -> tuple[Callable[[np.ndarray], np.ndarray], str, str]:
+def _write_artifact(
+    model: keras.Model, layout: _Layout, options: Options, calibration: parity.Sample | None, artifact: Path
+) -> tuple[Callable[[np.ndarray], np.ndarray], str, str]:
     """Write `artifact` in `options.format`; returns its runner, its parity row's name and kind."""
     if options.format == "tflite":
         quantize, int8_io = options.quantize, options.int8_io
@@ -493,22 +571,24 @@ def _onnx(model: keras.Model, layout: _Layout, artifact: Path) -> Callable[[np.n
     try:
         import onnxruntime
         import tf2onnx
-        from tensorflow.python.framework.convert_to_constants import (
-            convert_variables_to_constants_v2)
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     except ImportError as err:
-        raise ExportError("ONNX export needs the onnx extra: pip install "
-                          "'keras-resnet-family[onnx]'.") from err
+        raise ExportError("ONNX export needs the onnx extra: pip install 'keras-resnet-family[onnx]'.") from err
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
     patch_tf2onnx()  # tf2onnx 1.17 with numpy 2
     height, width = layout.size
-    function = tf.function(lambda images: layout.probabilities(model, images), autograph=False,
-                           input_signature=[tf.TensorSpec([None, height, width, layout.channels],
-                                                          tf.float32, name="images")])
+    function = tf.function(
+        lambda images: layout.probabilities(model, images),
+        autograph=False,
+        input_signature=[tf.TensorSpec([None, height, width, layout.channels], tf.float32, name="images")],
+    )
     frozen = convert_variables_to_constants_v2(function.get_concrete_function())
     proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs])
+        frozen.graph.as_graph_def(),
+        input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs],
+    )
     renames = {proto.graph.input[0].name: "images", proto.graph.output[0].name: "probabilities"}
     for node in proto.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]

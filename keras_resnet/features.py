@@ -32,8 +32,9 @@ def pyramid_outputs(model: keras.Model) -> dict[str, keras.KerasTensor]:
     multi-scale backbone an FPN head takes."""
     blocks = _blocks(model)
     if not blocks:
-        raise ValueError(f"{model.name} has no conv{{stage}}_block{{n}} layers: pass a model built "
-                         "by keras_resnet.build().")
+        raise ValueError(
+            f"{model.name} has no conv{{stage}}_block{{n}} layers: pass a model built by keras_resnet.build()."
+        )
     stride = 4 if any(layer.name == "pool1_pool" for layer in model.layers) else 1
     features = {}
     for block in blocks:
@@ -65,7 +66,9 @@ def feature_tensor(model: keras.Model, name: str) -> keras.KerasTensor:
         "keras.applications' names inside a block (such as conv4_block6_2_relu) have no tensor; "
         f"use a block output ({outs[0]} … {outs[-1]}), a pyramid key "
         f"({', '.join(pyramid_outputs(model))}), or a layer name ({', '.join(layer_names[:6])}, …)."
-        if blocks else f"{name!r} is not a layer of {model.name}.")
+        if blocks
+        else f"{name!r} is not a layer of {model.name}."
+    )
 
 
 def feature_model(model: keras.Model, names: Sequence[str]) -> keras.Model:
@@ -74,5 +77,4 @@ def feature_model(model: keras.Model, names: Sequence[str]) -> keras.Model:
     if isinstance(names, str):
         names = [names]
     inputs = model.input if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, {name: feature_tensor(model, name) for name in names},
-                       name=f"{model.name}_features")
+    return keras.Model(inputs, {name: feature_tensor(model, name) for name in names}, name=f"{model.name}_features")

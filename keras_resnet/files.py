@@ -29,7 +29,7 @@ def remove_dead_temporaries(directory: str | os.PathLike, prefix: str) -> None:
     (killed mid-write: SIGKILL, power loss)."""
     for stale in Path(directory).glob(f"{prefix}*"):
         try:
-            os.kill(int(stale.name[len(prefix):].split("-")[0]), 0)
+            os.kill(int(stale.name[len(prefix) :].split("-")[0]), 0)
         except ProcessLookupError:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         except (ValueError, PermissionError):

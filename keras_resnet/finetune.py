@@ -41,15 +41,17 @@ HEAD = "predictions"
 def set_trainable(model: keras.Model, phase: Phase, bn_mode: str) -> None:
     """Freeze and unfreeze `model`'s layers (nested ones included) as `phase` and `bn_mode`
     ask; layers frozen in the pretrained source stay frozen."""
-    frozen = getattr(model, "source_frozen", frozenset())
+    frozen: frozenset[int] = getattr(model, "source_frozen", frozenset())
     for layer in model._flatten_layers(include_self=False):  # parents before their children
         layer.trainable = layer.name == HEAD or (phase.name == "all" and id(layer) not in frozen)
         if isinstance(layer, keras.layers.BatchNormalization):
             if bn_mode == "frozen":
                 layer.trainable = False
             if not hasattr(layer, "frozen_statistics") and bn_mode == "frozen_stats":
-                raise ValueError(f"train.bn_mode 'frozen_stats' needs keras_resnet's BatchNormalization; "
-                                 f"{layer.name} is a {type(layer).__name__}. Use bn_mode 'train' or 'frozen'.")
+                raise ValueError(
+                    f"train.bn_mode 'frozen_stats' needs keras_resnet's BatchNormalization; "
+                    f"{layer.name} is a {type(layer).__name__}. Use bn_mode 'train' or 'frozen'."
+                )
             if hasattr(layer, "frozen_statistics"):
                 layer.frozen_statistics = bn_mode == "frozen_stats"
 
@@ -71,6 +73,7 @@ def _has_head(model: keras.Model) -> bool:
 
 # -- the model ---------------------------------------------------------------------------------
 
+
 def build_pretrained(config: RunConfig | dict, *, num_classes: int, image_size: Sequence[int]) -> keras.Model:
     """The backbone `model.weights` gives, with a new `num_classes` head (see the module doc)."""
     config = RunConfig.of(config)
@@ -79,26 +82,36 @@ def build_pretrained(config: RunConfig | dict, *, num_classes: int, image_size: 
     arch.update(input_shape=(*image_size, 3), include_top=False, pooling="avg")
     frozen: frozenset = frozenset()
     if source.endswith(".keras"):
-        pretrained = recast(load_model(source), keras.config.dtype_policy().name,
-                            weight_decay=config.model.weight_decay, input_shape=arch["input_shape"])
+        pretrained = recast(
+            load_model(source),
+            keras.config.dtype_policy().name,
+            weight_decay=config.model.weight_decay,
+            input_shape=arch["input_shape"],
+        )
         features = pooled_features(pretrained, source)
         inputs = pretrained.input
-        frozen = frozenset(id(layer) for layer in pretrained._flatten_layers(include_self=False)
-                           if not layer.trainable)
+        frozen = frozenset(id(layer) for layer in pretrained._flatten_layers(include_self=False) if not layer.trainable)
         name = pretrained.name.removesuffix("_finetuned")
     else:
         if source in registry.WEIGHTS:  # a published weight names its architecture
             fixed = ("variant", "groups", "width_per_group", "se_ratio", "shortcut", "bn_epsilon")
-            backbone = build(source.split(".", 1)[0], weights=source, include_preprocessing=True,
-                             **{k: v for k, v in arch.items() if k not in fixed})
+            backbone = build(
+                source.split(".", 1)[0],
+                weights=source,
+                include_preprocessing=True,
+                **{k: v for k, v in arch.items() if k not in fixed},
+            )
         else:  # a file: the recipe names the architecture, the file its BN epsilon
-            backbone = build(depth, weights=source, include_preprocessing=True,
-                             **{**arch, "bn_epsilon": None})
+            backbone = build(depth, weights=source, include_preprocessing=True, **{**arch, "bn_epsilon": None})
         inputs, features, name = backbone.input, backbone.output, backbone.name
     mixed = keras.config.dtype_policy().name.startswith("mixed")
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD,
-                                 kernel_regularizer=l2(config.model.weight_decay),
-                                 dtype="float32" if mixed else None)(features)
+    outputs = keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        name=HEAD,
+        kernel_regularizer=l2(config.model.weight_decay),
+        dtype="float32" if mixed else None,
+    )(features)
     model = keras.Model(inputs, outputs, name=f"{name}_finetuned")
     model.source_frozen = frozen
     return model
@@ -111,16 +124,19 @@ def pooled_features(model: keras.Model, origin: str | Path = ""):
         return model.get_layer(HEAD).input
     output = model.output
     if not hasattr(output, "shape") or len(output.shape) not in (2, 4):
-        raise ValueError(f"The pretrained model {origin or model.name} has no 'predictions' layer and "
-                         "its output is not one feature map or vector: save a model with one output "
-                         "(build(..., include_top=False) or a classifier) to fine-tune it.")
+        raise ValueError(
+            f"The pretrained model {origin or model.name} has no 'predictions' layer and "
+            "its output is not one feature map or vector: save a model with one output "
+            "(build(..., include_top=False) or a classifier) to fine-tune it."
+        )
     if len(output.shape) == 4:
         return keras.layers.GlobalAveragePooling2D(name="avg_pool")(output)
     return output
 
 
-def recast(model: keras.Model, policy: str, weight_decay: float | None = None,
-           input_shape: Sequence[int] | None = None) -> keras.Model:
+def recast(
+    model: keras.Model, policy: str, weight_decay: float | None = None, input_shape: Sequence[int] | None = None
+) -> keras.Model:
     """A copy of the functional `model` whose layers compute under `policy` (the classifier
     stays float32 under a mixed policy, as `build()` makes it), with every variable copied
     by path and the trainable flags kept; `weight_decay`, if given, replaces the decay of
@@ -148,28 +164,48 @@ def recast(model: keras.Model, policy: str, weight_decay: float | None = None,
     copy = keras.Model(clone_.input, clone_.output, name=model.name)  # uncompiled: no optimizer state
     copy_weights(model, copy, skip=())
     copy.source_frozen = frozenset(  # the same layers, found by position in the flattened lists
-        id(new) for old, new in zip(model._flatten_layers(include_self=False),
-                                    copy._flatten_layers(include_self=False))
-        if id(old) in getattr(model, "source_frozen", frozenset()))
+        id(new)
+        for old, new in zip(model._flatten_layers(include_self=False), copy._flatten_layers(include_self=False))
+        if id(old) in getattr(model, "source_frozen", frozenset())
+    )
     return copy
 
 
 # Layer settings that are not the function a layer computes: names, flags, precision, and
 # what only training or initialization reads.
-_NOT_ARCHITECTURE = ("name", "trainable", "dtype", "frozen", "weight_decay", "bn_weight_decay",
-                     "kernel_regularizer", "bias_regularizer", "gamma_regularizer", "beta_regularizer",
-                     "drop_path_rate", "bn_momentum", "momentum", "zero_init_residual",
-                     "kernel_initializer", "gamma_initializer", "synchronized")
+_NOT_ARCHITECTURE = (
+    "name",
+    "trainable",
+    "dtype",
+    "frozen",
+    "weight_decay",
+    "bn_weight_decay",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "gamma_regularizer",
+    "beta_regularizer",
+    "drop_path_rate",
+    "bn_momentum",
+    "momentum",
+    "zero_init_residual",
+    "kernel_initializer",
+    "gamma_initializer",
+    "synchronized",
+)
 
 
 def _architecture(model: keras.Model, skip: Sequence[str]) -> dict[str, dict]:
     """{layer name: the config of what it computes} of `model`'s own layers that hold weights."""
-    return {layer.name: {k: v for k, v in layer.get_config().items() if k not in _NOT_ARCHITECTURE}
-            for layer in model.layers if layer.name not in skip and layer.weights}
+    return {
+        layer.name: {k: v for k, v in layer.get_config().items() if k not in _NOT_ARCHITECTURE}
+        for layer in model.layers
+        if layer.name not in skip and layer.weights
+    }
 
 
-def copy_weights(source: keras.Model, target: keras.Model, *, origin: str | Path = "",
-                 skip: Sequence[str] = (HEAD,)) -> None:
+def copy_weights(
+    source: keras.Model, target: keras.Model, *, origin: str | Path = "", skip: Sequence[str] = (HEAD,)
+) -> None:
     """Assign every variable of `target` (but those of the `skip` layers) from the variable of
     `source` at the same path, after checking that the two are the same architecture: the same
     layers with the same configuration (shortcut, SE, variant, groups, width) and the same
@@ -181,10 +217,18 @@ def copy_weights(source: keras.Model, target: keras.Model, *, origin: str | Path
     for name in sorted(set(theirs) | set(ours), key=lambda n: (n not in ours, n)):
         if theirs.get(name) != ours.get(name):
             mine, other = ours.get(name), theirs.get(name)
-            diff = ("is not in the pretrained model" if other is None else "is not in this model"
-                    if mine is None else "differs in " + ", ".join(
-                        f"{k} ({other.get(k)!r} there, {mine.get(k)!r} here)"
-                        for k in sorted(set(mine) | set(other)) if mine.get(k) != other.get(k)))
+            diff = (
+                "is not in the pretrained model"
+                if other is None
+                else "is not in this model"
+                if mine is None
+                else "differs in "
+                + ", ".join(
+                    f"{k} ({other.get(k)!r} there, {mine.get(k)!r} here)"
+                    for k in sorted(set(mine) | set(other))
+                    if mine.get(k) != other.get(k)
+                )
+            )
             raise ValueError(f"The pretrained model {where} does not match: layer {name!r} {diff}; {fix}.")
     by_path = {v.path: v for v in source.weights if v.path.split("/")[0] not in skip}
     pairs = []
@@ -197,7 +241,9 @@ def copy_weights(source: keras.Model, target: keras.Model, *, origin: str | Path
             raise ValueError(f"The pretrained model {where} {what} {v.path} {tuple(v.shape)}; {fix}.")
         pairs.append((v, found))
     if by_path:
-        raise ValueError(f"The pretrained model {where} has {len(by_path)} variable(s) this model lacks "
-                         f"({', '.join(sorted(by_path)[:3])}); {fix}.")
+        raise ValueError(
+            f"The pretrained model {where} has {len(by_path)} variable(s) this model lacks "
+            f"({', '.join(sorted(by_path)[:3])}); {fix}."
+        )
     for v, found in pairs:
         v.assign(found)

@@ -41,14 +41,27 @@ def l2(weight_decay: float) -> keras.regularizers.Regularizer | None:
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 
-def batch_norm(name: str, *, data_format: str, momentum: float, epsilon: float,
-               weight_decay: float = BN_WEIGHT_DECAY, zero_gamma: bool = False,
-               dtype=None) -> "BatchNormalization":
+def batch_norm(
+    name: str,
+    *,
+    data_format: str,
+    momentum: float,
+    epsilon: float,
+    weight_decay: float = BN_WEIGHT_DECAY,
+    zero_gamma: bool = False,
+    dtype=None,
+) -> BatchNormalization:
     """The package's BN layer over the channel axis; `weight_decay` decays gamma/beta (see `l2`)."""
     return BatchNormalization(
-        axis=channel_axis(data_format), momentum=momentum, epsilon=epsilon,
-        gamma_initializer="zeros" if zero_gamma else "ones", gamma_regularizer=l2(weight_decay),
-        beta_regularizer=l2(weight_decay), dtype=dtype, name=name)
+        axis=channel_axis(data_format),
+        momentum=momentum,
+        epsilon=epsilon,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        gamma_regularizer=l2(weight_decay),
+        beta_regularizer=l2(weight_decay),
+        dtype=dtype,
+        name=name,
+    )
 
 
 def preprocess_input(x: Any, mode: str = "caffe", data_format: str | None = None) -> Any:
@@ -152,14 +165,25 @@ class Composite(layers.Layer):
 class SqueezeExcite(Composite):
     """Squeeze-and-excitation (Hu et al. 2018): channel gates from pooled features."""
 
-    def __init__(self, channels: int, ratio: float = 1 / 16, weight_decay: float = WEIGHT_DECAY,
-                 data_format: str | None = None, **kwargs):
+    def __init__(
+        self,
+        channels: int,
+        ratio: float = 1 / 16,
+        weight_decay: float = WEIGHT_DECAY,
+        data_format: str | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.channels, self.ratio, self.weight_decay = channels, ratio, weight_decay
         self.data_format = data_format or keras.config.image_data_format()
         squeezed = max(1, int(channels * ratio))
-        conv = dict(kernel_size=1, kernel_initializer="he_normal", dtype=self.dtype_policy,
-                    kernel_regularizer=l2(weight_decay), data_format=self.data_format)
+        conv = dict(
+            kernel_size=1,
+            kernel_initializer="he_normal",
+            dtype=self.dtype_policy,
+            kernel_regularizer=l2(weight_decay),
+            data_format=self.data_format,
+        )
         self.reduce = layers.Conv2D(squeezed, activation="relu", name="reduce", **conv)
         self.expand = layers.Conv2D(channels, activation="sigmoid", name="expand", **conv)
 
@@ -175,8 +199,13 @@ class SqueezeExcite(Composite):
         return x * self.expand(self.reduce(ops.mean(x, axis=spatial, keepdims=True)))
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "channels": self.channels, "ratio": self.ratio,
-                "weight_decay": self.weight_decay, "data_format": self.data_format}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "ratio": self.ratio,
+            "weight_decay": self.weight_decay,
+            "data_format": self.data_format,
+        }
 
 
 def _subsample(x, stride: int, data_format: str):
@@ -211,8 +240,7 @@ class ZeroPadShortcut(layers.Layer):
         return ops.pad(x, pad)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "filters": self.filters, "stride": self.stride,
-                "data_format": self.data_format}
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride, "data_format": self.data_format}
 
 
 class ResidualBlock(Composite):
@@ -235,11 +263,22 @@ class ResidualBlock(Composite):
     expansion = 1
     preact = False
 
-    def __init__(self, filters: int, stride: int = 1, *, shortcut: str = "projection",
-                 se_ratio: float | None = None, drop_path_rate: float = 0.0,
-                 zero_init_residual: bool = False, weight_decay: float = WEIGHT_DECAY,
-                 bn_weight_decay: float = BN_WEIGHT_DECAY, bn_momentum: float = BN_MOMENTUM, bn_epsilon: float = BN_EPSILON,
-                 data_format: str | None = None, **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "projection",
+        se_ratio: float | None = None,
+        drop_path_rate: float = 0.0,
+        zero_init_residual: bool = False,
+        weight_decay: float = WEIGHT_DECAY,
+        bn_weight_decay: float = BN_WEIGHT_DECAY,
+        bn_momentum: float = BN_MOMENTUM,
+        bn_epsilon: float = BN_EPSILON,
+        data_format: str | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.filters, self.stride, self.shortcut = filters, stride, shortcut
         self.se_ratio, self.drop_path_rate = se_ratio, drop_path_rate
@@ -250,46 +289,85 @@ class ResidualBlock(Composite):
         self.out_channels = filters * self.expansion
 
     # -- sub-layer factories -------------------------------------------------------------
-    def _conv(self, filters: int, kernel: int, stride: int = 1, *, name: str, groups: int = 1,
-              use_bias: bool = False, zero: bool = False) -> layers.Conv2D:
+    def _conv(
+        self,
+        filters: int,
+        kernel: int,
+        stride: int = 1,
+        *,
+        name: str,
+        groups: int = 1,
+        use_bias: bool = False,
+        zero: bool = False,
+    ) -> layers.Conv2D:
         # Strided 3x3 convs pad explicitly (see `_pad`), as keras.applications/torchvision.
         return layers.Conv2D(
-            filters, kernel, strides=stride, padding="same" if stride == 1 else "valid",
-            groups=groups, use_bias=use_bias, data_format=self.data_format,
+            filters,
+            kernel,
+            strides=stride,
+            padding="same" if stride == 1 else "valid",
+            groups=groups,
+            use_bias=use_bias,
+            data_format=self.data_format,
             kernel_initializer="zeros" if zero else "he_normal",
-            kernel_regularizer=l2(self.weight_decay), dtype=self.dtype_policy, name=name)
+            kernel_regularizer=l2(self.weight_decay),
+            dtype=self.dtype_policy,
+            name=name,
+        )
 
     def _bn(self, name: str, zero: bool = False) -> BatchNormalization:
-        return batch_norm(name, data_format=self.data_format, momentum=self.bn_momentum,
-                          epsilon=self.bn_epsilon, weight_decay=self.bn_weight_decay, zero_gamma=zero,
-                          dtype=self.dtype_policy)
+        return batch_norm(
+            name,
+            data_format=self.data_format,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            weight_decay=self.bn_weight_decay,
+            zero_gamma=zero,
+            dtype=self.dtype_policy,
+        )
 
     def _pad(self, stride: int, name: str) -> layers.ZeroPadding2D | None:
-        return (layers.ZeroPadding2D(1, data_format=self.data_format, dtype=self.dtype_policy, name=name)
-                if stride > 1 else None)
+        return (
+            layers.ZeroPadding2D(1, data_format=self.data_format, dtype=self.dtype_policy, name=name)
+            if stride > 1
+            else None
+        )
 
     # -- structure -----------------------------------------------------------------------
     def build(self, input_shape):
         in_channels = input_shape[channel_axis(self.data_format)]
         self.shortcut_kind = self._shortcut_kind(in_channels)
         if self.shortcut_kind == "zeropad":
-            self.shortcut_pad = ZeroPadShortcut(self.out_channels, self.stride, self.data_format,
-                                                dtype=self.dtype_policy, name="shortcut_pad")
+            self.shortcut_pad = ZeroPadShortcut(
+                self.out_channels, self.stride, self.data_format, dtype=self.dtype_policy, name="shortcut_pad"
+            )
         elif self.shortcut_kind in ("projection", "avgpool"):
             conv_stride = self.stride
             if self.shortcut_kind == "avgpool" and self.stride > 1:
                 self.shortcut_pool = layers.AveragePooling2D(
-                    self.stride, self.stride, padding="same", data_format=self.data_format,
-                    dtype=self.dtype_policy, name="shortcut_pool")
+                    self.stride,
+                    self.stride,
+                    padding="same",
+                    data_format=self.data_format,
+                    dtype=self.dtype_policy,
+                    name="shortcut_pool",
+                )
                 conv_stride = 1
-            self.shortcut_conv = self._conv(self.out_channels, 1, conv_stride,
-                                            name="shortcut_conv", use_bias=self.preact)
+            self.shortcut_conv = self._conv(
+                self.out_channels, 1, conv_stride, name="shortcut_conv", use_bias=self.preact
+            )
             if not self.preact:
                 self.shortcut_bn = self._bn("shortcut_bn")
         self._build_branch(in_channels)
         if self.se_ratio:
-            self.se = SqueezeExcite(self.out_channels, self.se_ratio, self.weight_decay,
-                                    self.data_format, dtype=self.dtype_policy, name="se")
+            self.se = SqueezeExcite(
+                self.out_channels,
+                self.se_ratio,
+                self.weight_decay,
+                self.data_format,
+                dtype=self.dtype_policy,
+                name="se",
+            )
         if self.drop_path_rate:
             self.drop_path = DropPath(self.drop_path_rate, dtype=self.dtype_policy, name="drop_path")
         self._restore_frozen()
@@ -334,11 +412,17 @@ class ResidualBlock(Composite):
 
     def get_config(self) -> dict:
         return {
-            **super().get_config(), "filters": self.filters, "stride": self.stride,
-            "shortcut": self.shortcut, "se_ratio": self.se_ratio,
-            "drop_path_rate": self.drop_path_rate, "zero_init_residual": self.zero_init_residual,
-            "weight_decay": self.weight_decay, "bn_weight_decay": self.bn_weight_decay,
-            "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+            **super().get_config(),
+            "filters": self.filters,
+            "stride": self.stride,
+            "shortcut": self.shortcut,
+            "se_ratio": self.se_ratio,
+            "drop_path_rate": self.drop_path_rate,
+            "zero_init_residual": self.zero_init_residual,
+            "weight_decay": self.weight_decay,
+            "bn_weight_decay": self.bn_weight_decay,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
             "data_format": self.data_format,
         }
 
@@ -373,15 +457,24 @@ class BottleneckBlock(ResidualBlock):
 
     expansion = 4
 
-    def __init__(self, filters: int, stride: int = 1, *, stride_on: str = "3x3", groups: int = 1,
-                 width_per_group: int = 64, **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        stride: int = 1,
+        *,
+        stride_on: str = "3x3",
+        groups: int = 1,
+        width_per_group: int = 64,
+        **kwargs,
+    ):
         super().__init__(filters, stride, **kwargs)
         if stride_on not in ("1x1", "3x3"):
             raise ValueError(f"stride_on must be '1x1' or '3x3', got {stride_on!r}.")
         if groups < 1 or (filters * width_per_group) % 64:
             raise ValueError(
                 f"groups={groups}, width_per_group={width_per_group} do not divide filters="
-                f"{filters}: filters * width_per_group / 64 must be a whole number, groups >= 1.")
+                f"{filters}: filters * width_per_group / 64 must be a whole number, groups >= 1."
+            )
         self.stride_on, self.groups, self.width_per_group = stride_on, groups, width_per_group
         self.width = filters * width_per_group // 64 * groups
 
@@ -392,8 +485,9 @@ class BottleneckBlock(ResidualBlock):
         self.pad2 = self._pad(s3, "pad2")
         self.conv2 = self._conv(self.width, 3, s3, name="conv2", groups=self.groups)
         self.bn2 = self._bn("bn2")
-        self.conv3 = self._conv(self.out_channels, 1, name="conv3", use_bias=self.preact,
-                                zero=self.preact and self.zero_init_residual)
+        self.conv3 = self._conv(
+            self.out_channels, 1, name="conv3", use_bias=self.preact, zero=self.preact and self.zero_init_residual
+        )
         if not self.preact:
             self.bn3 = self._bn("bn3", zero=self.zero_init_residual)
 
@@ -406,8 +500,12 @@ class BottleneckBlock(ResidualBlock):
         return x if self.preact else self.bn3(x, training=training)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "stride_on": self.stride_on, "groups": self.groups,
-                "width_per_group": self.width_per_group}
+        return {
+            **super().get_config(),
+            "stride_on": self.stride_on,
+            "groups": self.groups,
+            "width_per_group": self.width_per_group,
+        }
 
 
 @register
@@ -425,8 +523,7 @@ class PreActBasicBlock(BasicBlock):
         self.pad1 = self._pad(self.stride, "pad1")
         self.conv1 = self._conv(self.filters, 3, self.stride, name="conv1")
         self.bn1 = self._bn("bn1")
-        self.conv2 = self._conv(self.filters, 3, name="conv2", use_bias=True,
-                                zero=self.zero_init_residual)
+        self.conv2 = self._conv(self.filters, 3, name="conv2", use_bias=True, zero=self.zero_init_residual)
 
     def _branch(self, x, training):
         if self.pad1 is not None:
@@ -473,10 +570,18 @@ class BatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         training = False if self.freeze or self.frozen_statistics else training
-        if (training and self.trainable and self.fused and mask is None and not self.synchronized
-                and not getattr(self, "renorm", False) and self.epsilon >= FUSED_MIN_EPSILON
-                and keras.backend.backend() == "tensorflow"
-                and len(inputs.shape) == 4 and self.axis in (-1, 3)):
+        if (
+            training
+            and self.trainable
+            and self.fused
+            and mask is None
+            and not self.synchronized
+            and not getattr(self, "renorm", False)
+            and self.epsilon >= FUSED_MIN_EPSILON
+            and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+        ):
             return self._fused_training_call(inputs)
         return super().call(inputs, training=training, mask=mask)
 
@@ -487,9 +592,15 @@ class BatchNormalization(layers.BatchNormalization):
         scale = self.gamma.value if self.scale else tf.ones([channels])
         offset = self.beta.value if self.center else tf.zeros([channels])
         outputs, mean, variance, *_ = tf.compat.v1.nn.fused_batch_norm(
-            inputs, tf.cast(scale, "float32"), tf.cast(offset, "float32"),
-            mean=self.moving_mean.value, variance=self.moving_variance.value,
-            epsilon=self.epsilon, is_training=True, exponential_avg_factor=1.0 - self.momentum)
+            inputs,
+            tf.cast(scale, "float32"),
+            tf.cast(offset, "float32"),
+            mean=self.moving_mean.value,
+            variance=self.moving_variance.value,
+            epsilon=self.epsilon,
+            is_training=True,
+            exponential_avg_factor=1.0 - self.momentum,
+        )
         self.moving_mean.assign(mean)
         self.moving_variance.assign(variance)
         return tf.cast(outputs, self.compute_dtype)

@@ -13,6 +13,7 @@ the old package calls it, loads those files exactly too, or raises and loads not
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import keras
 
@@ -42,15 +43,20 @@ class ResNetModel(keras.Model):
         if path.endswith(".keras"):
             return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
         checkpoint = converters.read(path)
-        expected = (checkpoint.stem if checkpoint.layout == "keras_resnet" else
-                    {"conv1": "valid", "pool1": "valid"} if checkpoint.layout == "keras_applications"
-                    else stem_of(self))
+        expected = (
+            checkpoint.stem
+            if checkpoint.layout == "keras_resnet"
+            else {"conv1": "valid", "pool1": "valid"}
+            if checkpoint.layout == "keras_applications"
+            else stem_of(self)
+        )
         if stem_of(self) != expected:
             raise ValueError(
                 f"{path!r} was trained with a stem padding conv1 {expected['conv1']!r} and pool1 "
                 f"{expected['pool1']!r}; this model pads them {stem_of(self)['conv1']!r} and "
                 f"{stem_of(self)['pool1']!r}, so its outputs would differ. Build it with the file: "
-                "keras_resnet.models.ResNet50(inputs, weights=path). Nothing was loaded.")
+                "keras_resnet.models.ResNet50(inputs, weights=path). Nothing was loaded."
+            )
         converters.load(self, checkpoint)
 
 
@@ -62,9 +68,17 @@ def stem_of(model: keras.Model) -> dict[str, str]:
     return {"conv1": "same" if conv_same else "valid", "pool1": "same" if pool_same else "valid"}
 
 
-def ResNet(inputs: keras.KerasTensor, blocks, block: str = "bottleneck", include_top: bool = True,
-           classes: int = 1000, freeze_bn: bool = False, name: str | None = None,
-           weights: str | os.PathLike | None = None, **kwargs) -> keras.Model:
+def ResNet(
+    inputs: keras.KerasTensor,
+    blocks,
+    block: str = "bottleneck",
+    include_top: bool = True,
+    classes: int = 1000,
+    freeze_bn: bool = False,
+    name: str | None = None,
+    weights: str | os.PathLike | None = None,
+    **kwargs,
+) -> keras.Model:
     """A v1 ResNet on `inputs` with `blocks` repeats per stage of `block` ("basic"/"bottleneck").
 
     `weights`: a keras-resnet 0.1/0.2 or keras-retinanet `.h5` file, a keras.applications
@@ -75,16 +89,27 @@ def ResNet(inputs: keras.KerasTensor, blocks, block: str = "bottleneck", include
     checkpoint = converters.read(weights) if weights is not None else None
     if checkpoint is not None and checkpoint.bn_epsilon:
         kwargs.setdefault("bn_epsilon", checkpoint.bn_epsilon)
-    stages = tuple(specs.StageSpec(block, 64 * 2**i, n, 1 if i == 0 else 2)
-                   for i, n in enumerate(blocks))
+    kind = cast(specs.BlockType, block)  # checked above
+    stages = tuple(specs.StageSpec(kind, 64 * 2**i, n, 1 if i == 0 else 2) for i, n in enumerate(blocks))
     spec = specs.ResNetSpec(stages, stride_on="1x1")
     depth = 2 + sum(blocks) * (2 if block == "basic" else 3)
-    model = build_from_spec(spec, num_classes=classes, input_tensor=inputs, include_top=include_top,
-                            pyramid_outputs=not include_top, name=name or f"resnet{depth}", **kwargs)
+    model = build_from_spec(
+        spec,
+        num_classes=classes,
+        input_tensor=inputs,
+        include_top=include_top,
+        pyramid_outputs=not include_top,
+        name=name or f"resnet{depth}",
+        **kwargs,
+    )
     layout = checkpoint.layout if checkpoint is not None else None
     if layout != "keras_applications":  # keras.applications' stem is build()'s
-        model = _keras_resnet_stem(model, inputs, checkpoint.stem if layout == "keras_resnet" else OLD_STEM,
-                                   checkpoint.path if layout else "")
+        model = _keras_resnet_stem(
+            model,
+            inputs,
+            checkpoint.stem if checkpoint is not None and layout == "keras_resnet" else OLD_STEM,
+            checkpoint.path if checkpoint is not None else "",
+        )
     if checkpoint is not None:
         converters.load(model, checkpoint)
     outputs = model.output
@@ -102,8 +127,10 @@ def _keras_resnet_stem(model: keras.Model, inputs, stem: dict[str, str], path: s
     """`model` with keras-resnet's stem: TensorFlow "same" padding in pool1 (and in conv1
     when `stem` says so), which pads one pixel less before than after on even sizes."""
     if stem["pool1"] != "same":
-        raise ValueError(f"{path!r}: its pool1 pads {stem['pool1']!r}; keras-resnet's "
-                         "stem, the one this loader rebuilds, pads 'same'.")
+        raise ValueError(
+            f"{path!r}: its pool1 pads {stem['pool1']!r}; keras-resnet's "
+            "stem, the one this loader rebuilds, pads 'same'."
+        )
     same_conv = stem["conv1"] == "same"
 
     def swap(layer):
@@ -120,8 +147,8 @@ def _keras_resnet_stem(model: keras.Model, inputs, stem: dict[str, str], path: s
 
 def _preset(name: str, block: str, default_blocks: list[int]):
     def factory(inputs, blocks=None, include_top=True, classes=1000, freeze_bn=False, *args, **kwargs):
-        return ResNet(inputs, blocks or default_blocks, block, include_top, classes, freeze_bn,
-                      *args, **kwargs)
+        return ResNet(inputs, blocks or default_blocks, block, include_top, classes, freeze_bn, *args, **kwargs)
+
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"{name} (v1) on an input tensor, as the old keras-resnet API built it."
     return factory

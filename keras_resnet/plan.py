@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from keras_resnet.config import RunConfig
 
+
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """Epochs [start, end) of one training phase ("head" or "all"), `steps` per epoch."""
@@ -50,6 +51,7 @@ def resume_phase(plan: Sequence[Phase], epoch: int, step: int) -> Phase:
 
 # -- the hyperparameters the `finetune` recipe picks --------------------------------------------
 
+
 def pick(num_train: int, image_side: int, batch_size: int) -> tuple[dict, str]:
     """[train]/[augment]/[model] values for fine-tuning on `num_train` images of `image_side`
     pixels at (global) `batch_size`, and one line saying what was picked and why. The
@@ -77,19 +79,26 @@ def pick(num_train: int, image_side: int, batch_size: int) -> tuple[dict, str]:
     lr_at_64 = 0.01 * (0.05 / 0.01) ** fraction  # 0.01 at 250 images, 0.05 from 25,000 on
     small = image_side <= 64
     picked = {
-        "train": {"head_steps": head_steps, "head_lr": 0.1,
-                  "epochs": epochs, "lr": round(lr_at_64, 4), "reference_batch": 64,
-                  "backbone_lr_scale": 1.0, "warmup_epochs": min(2.0, 0.1 * epochs),  # of the epochs run
-                  "bn_mode": "train" if batch_size >= 16 else "frozen_stats",
-                  "validate_every": max(1, epochs // 6)},
-        "augment": {"flip": True, "pad_crop": image_side // 8 if small else 0,
-                    "random_resized_crop": not small},
+        "train": {
+            "head_steps": head_steps,
+            "head_lr": 0.1,
+            "epochs": epochs,
+            "lr": round(lr_at_64, 4),
+            "reference_batch": 64,
+            "backbone_lr_scale": 1.0,
+            "warmup_epochs": min(2.0, 0.1 * epochs),  # of the epochs run
+            "bn_mode": "train" if batch_size >= 16 else "frozen_stats",
+            "validate_every": max(1, epochs // 6),
+        },
+        "augment": {"flip": True, "pad_crop": image_side // 8 if small else 0, "random_resized_crop": not small},
         "model": {"weight_decay": 5e-4 if small else 1e-4},
     }
     t = picked["train"]
-    why = (f"finetune picked for {num_train} images of {image_side} px at batch {batch_size}: "
-           f"head {head_steps} steps at lr {t['head_lr']}, then {epochs} epochs at lr {t['lr']} "
-           f"(both x batch/64) after a warm-up of 10 % of them (at most 2), bn_mode {t['bn_mode']}, "
-           f"weight decay {picked['model']['weight_decay']:g}, "
-           + ("pad-crop + flip" if small else "random-resized crop + flip"))
+    why = (
+        f"finetune picked for {num_train} images of {image_side} px at batch {batch_size}: "
+        f"head {head_steps} steps at lr {t['head_lr']}, then {epochs} epochs at lr {t['lr']} "
+        f"(both x batch/64) after a warm-up of 10 % of them (at most 2), bn_mode {t['bn_mode']}, "
+        f"weight decay {picked['model']['weight_decay']:g}, "
+        + ("pad-crop + flip" if small else "random-resized crop + flip")
+    )
     return picked, why

@@ -28,25 +28,26 @@ AUGMENTS = ("pad_crop", "flip")
 @dataclasses.dataclass
 class Arrays:
     """One split in memory: uint8 NHWC images and int32 labels."""
+
     images: np.ndarray
     labels: np.ndarray
 
 
-def decode_files(paths: list[str], size: tuple[int, int] | None = None
-                 ) -> tuple[list[np.ndarray | None], list[str]]:
+def decode_files(paths: list[str], size: tuple[int, int] | None = None) -> tuple[list[np.ndarray | None], list[str]]:
     """Every file as a uint8 HxWx3 array (bilinear-resized to `size` if given; None where
     the file cannot be decoded), and the paths that could not."""
     from PIL import Image, UnidentifiedImageError
 
     def one(path):
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
                 if size and image.size != (size[1], size[0]):
-                    image = image.resize((size[1], size[0]), Image.BILINEAR)
+                    image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 return np.asarray(image, np.uint8)
         except (OSError, UnidentifiedImageError, ValueError):
             return None
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         images = list(pool.map(one, paths, chunksize=256))
     return images, [p for p, image in zip(paths, images) if image is None]
@@ -59,8 +60,10 @@ def load_npz(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
         with np.load(path) as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
             if missing:
-                raise DataError(f"{path} lacks {', '.join(missing)}: an .npz for --data holds x_train, "
-                                "y_train, x_test, y_test (uint8 NHWC images, integer labels).")
+                raise DataError(
+                    f"{path} lacks {', '.join(missing)}: an .npz for --data holds x_train, "
+                    "y_train, x_test, y_test (uint8 NHWC images, integer labels)."
+                )
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except (OSError, ValueError) as err:
         raise DataError(f"{path} is not a readable .npz file ({err}).") from err
@@ -68,8 +71,10 @@ def load_npz(path: str | os.PathLike) -> tuple[Arrays, Arrays]:
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
         if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y) or x.dtype != np.uint8:
-            raise DataError(f"{path}: x_{split} must be uint8 images of shape (N, H, W, 3) with one "
-                            f"label each; it is {x.dtype} {x.shape} with {len(y)} labels.")
+            raise DataError(
+                f"{path}: x_{split} must be uint8 images of shape (N, H, W, 3) with one "
+                f"label each; it is {x.dtype} {x.shape} with {len(y)} labels."
+            )
         splits.append(Arrays(x, y.astype(np.int32)))
     return splits[0], splits[1]
 
@@ -81,14 +86,17 @@ def npz_shape(path: str | os.PathLike, key: str) -> tuple[int, ...]:
     try:
         with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
             version = np.lib.format.read_magic(f)
-            return np.lib.format._read_array_header(f, version)[0]
+            return np.lib.format._read_array_header(f, version)[0]  # type: ignore[attr-defined]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not an .npz holding {key} ({type(err).__name__}); an .npz for "
-                        "--data holds x_train, y_train, x_test, y_test.") from err
+        raise DataError(
+            f"{path} is not an .npz holding {key} ({type(err).__name__}); an .npz for "
+            "--data holds x_train, y_train, x_test, y_test."
+        ) from err
 
 
-def crop_flip_indices(n: int, height: int, width: int, rng: np.random.Generator, pad: int,
-                      flip: bool) -> tuple[np.ndarray, np.ndarray]:
+def crop_flip_indices(
+    n: int, height: int, width: int, rng: np.random.Generator, pad: int, flip: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The rows (n, height) and columns (n, width) of each image's pad-crop (an offset per
     image into the zero-padded image) and horizontal flip (half the images, columns reversed)."""
     rows = np.broadcast_to(np.arange(height), (n, height))
@@ -119,8 +127,18 @@ class TrainBatches(_Batches):
     epochs): each epoch shuffled with `seed + epoch`, each batch augmented with a generator
     seeded by (seed, epoch, step). Images float32 [0, 255], labels one-hot."""
 
-    def __init__(self, split: Arrays, *, num_classes: int, batch_size: int, seed: int,
-                 first_epoch: int, end_epoch: int, first_step: int = 0, augment: dict | None = None):
+    def __init__(
+        self,
+        split: Arrays,
+        *,
+        num_classes: int,
+        batch_size: int,
+        seed: int,
+        first_epoch: int,
+        end_epoch: int,
+        first_step: int = 0,
+        augment: dict | None = None,
+    ):
         super().__init__()
         self.split, self.num_classes, self.batch_size, self.seed = split, num_classes, batch_size, seed
         self.steps_per_epoch = len(split.labels) // batch_size
@@ -128,7 +146,7 @@ class TrainBatches(_Batches):
         self.end = end_epoch * self.steps_per_epoch
         augment = augment or {}
         self.pad, self.flip = int(augment.get("pad_crop", 0)), bool(augment.get("flip", False))
-        self._order = (None, None)
+        self._order: tuple[int, np.ndarray] = (-1, np.arange(0))  # (epoch, its permutation)
 
     def __len__(self) -> int:
         return max(self.end - self.start, 0)
@@ -140,7 +158,7 @@ class TrainBatches(_Batches):
         epoch, step = divmod(self.start + index, self.steps_per_epoch)
         if self._order[0] != epoch:
             self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.split.labels)))
-        pick = self._order[1][step * self.batch_size:(step + 1) * self.batch_size]
+        pick = self._order[1][step * self.batch_size : (step + 1) * self.batch_size]
         if not (self.pad or self.flip):
             return pick, None, None
         _, height, width, _ = self.split.images.shape
@@ -150,9 +168,10 @@ class TrainBatches(_Batches):
     def __getitem__(self, index: int):
         pick, rows, cols = self._batch(index)
         images = self.split.images[pick]
-        if rows is not None:
-            images = pad_images(images, self.pad)[np.arange(len(pick))[:, None, None], rows[:, :, None],
-                                                  cols[:, None, :]]
+        if rows is not None and cols is not None:
+            images = pad_images(images, self.pad)[
+                np.arange(len(pick))[:, None, None], rows[:, :, None], cols[:, None, :]
+            ]
         return images.astype(np.float32), one_hot(self.split.labels[pick], self.num_classes)
 
 
@@ -170,7 +189,7 @@ class DeviceTrainBatches(TrainBatches):
         ops = keras.ops
         pick, rows, cols = self._batch(index)
         images = ops.take(self.images, pick, axis=0)
-        if rows is not None:
+        if rows is not None and cols is not None:
             n, (_, padded_width, channels) = len(pick), self.images.shape[1:]
             rows = ops.broadcast_to(rows[:, :, None, None], (n, rows.shape[1], padded_width, channels))
             images = ops.take_along_axis(images, rows, axis=1)
@@ -200,8 +219,7 @@ class EvalBatches(_Batches):
         if not 0 <= index < len(self):
             raise IndexError(index)
         part = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return (self.split.images[part].astype(np.float32),
-                one_hot(self.split.labels[part], self.num_classes))
+        return (self.split.images[part].astype(np.float32), one_hot(self.split.labels[part], self.num_classes))
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:

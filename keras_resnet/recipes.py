@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_resnet import data, plan, registry, specs
-from keras_resnet.config import UNSET, ModelConfig, RunConfig, check_value, defaults
+from keras_resnet.config import UNSET as UNSET  # re-exported: scripts read recipes.UNSET
+from keras_resnet.config import ModelConfig, RunConfig, check_value, defaults
 from keras_resnet.errors import RecipeError
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -24,21 +25,34 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 DEFAULTS = defaults()  # config.json with every field at its default
 
 # Fields that moved to another section; old recipes, overrides and run folders still read.
-MOVED = {("train", "weight_decay"): "model", ("train", "bn_weight_decay"): "model",
-         ("model", "freeze_bn"): "train", ("model", "sync_bn"): "train"}
+MOVED = {
+    ("train", "weight_decay"): "model",
+    ("train", "bn_weight_decay"): "model",
+    ("model", "freeze_bn"): "train",
+    ("model", "sync_bn"): "train",
+}
 
 # Fields that were replaced: the TOML value -> the fields of today, or an error's advice.
 RENAMED = {("train", "freeze_bn"): lambda v: {"bn_mode": "frozen" if v else "train"}}
-RETIRED = {("train", "head_epochs"): "the head phase is measured in steps now: set train.head_steps "
-                                     "(e.g. 2 x images / batch size)"}
+RETIRED = {
+    ("train", "head_epochs"): "the head phase is measured in steps now: set train.head_steps "
+    "(e.g. 2 x images / batch size)"
+}
 
 # Plain `train()` / CLI flags and the field each sets.
 FLAG_FIELDS = {
-    "depth": ("model", "depth"), "variant": ("model", "variant"), "data": ("data", "name"),
-    "data_dir": ("data", "data_dir"), "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"), "max_train_samples": ("data", "max_train_samples"),
-    "max_eval_samples": ("data", "max_eval_samples"), "seed": ("train", "seed"),
-    "precision": ("train", "precision"), "lr": ("train", "lr"), "weights": ("model", "weights"),
+    "depth": ("model", "depth"),
+    "variant": ("model", "variant"),
+    "data": ("data", "name"),
+    "data_dir": ("data", "data_dir"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "max_train_samples": ("data", "max_train_samples"),
+    "max_eval_samples": ("data", "max_eval_samples"),
+    "seed": ("train", "seed"),
+    "precision": ("train", "precision"),
+    "lr": ("train", "lr"),
+    "weights": ("model", "weights"),
 }
 
 
@@ -61,8 +75,10 @@ def merge(base: dict, overrides: dict, origin: str) -> dict:
             if (section, key) in RETIRED:
                 raise RecipeError(f"{origin}: {section}.{key} is gone: {RETIRED[section, key]}.")
             if key not in DEFAULTS[section]:
-                raise RecipeError(f"{origin}: unknown field {section}.{key}; valid fields of "
-                                  f"[{section}]: {sorted(DEFAULTS[section])}.")
+                raise RecipeError(
+                    f"{origin}: unknown field {section}.{key}; valid fields of "
+                    f"[{section}]: {sorted(DEFAULTS[section])}."
+                )
             out[section][key] = check_value(section, key, value)
     return out
 
@@ -75,8 +91,9 @@ def load(name_or_path: str | None) -> dict:
     if not path.suffix:
         path = RECIPE_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        raise RecipeError(f"Unknown recipe {name_or_path!r}; shipped recipes: {sorted(available())} "
-                          "(or give a path to a .toml file).")
+        raise RecipeError(
+            f"Unknown recipe {name_or_path!r}; shipped recipes: {sorted(available())} (or give a path to a .toml file)."
+        )
     with open(path, "rb") as f:
         try:
             fields = tomllib.load(f)
@@ -88,7 +105,7 @@ def load(name_or_path: str | None) -> dict:
 
 
 def parse_override(text: str) -> dict:
-    """"train.epochs=5" -> {"train": {"epochs": 5}} (values are TOML; bare words are strings)."""
+    """ "train.epochs=5" -> {"train": {"epochs": 5}} (values are TOML; bare words are strings)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise RecipeError(f"Override {text!r} must look like section.field=value (e.g. train.epochs=5).")
     key, raw = text.split("=", 1)
@@ -103,8 +120,7 @@ def parse_override(text: str) -> dict:
 def upgrade(config: dict) -> dict:
     """`config` (a recipe, an override or a saved config.json) with moved fields in their
     sections of today (`MOVED`)."""
-    out = {section: dict(fields) if isinstance(fields, dict) else fields
-           for section, fields in config.items()}
+    out = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in config.items()}
     for (section, key), target in MOVED.items():
         if isinstance(out.get(section), dict) and key in out[section]:
             out.setdefault(target, {})[key] = out[section].pop(key)
@@ -120,8 +136,10 @@ def upgrade_saved(config: dict) -> dict:
     """A saved config.json in today's form: `upgrade`, then fields added since it was
     written at their defaults (which is what the run used)."""
     out = upgrade(config)
-    return {section: {**DEFAULTS[section], **fields} if section in DEFAULTS and isinstance(fields, dict)
-            else fields for section, fields in out.items()}
+    return {
+        section: {**DEFAULTS[section], **fields} if section in DEFAULTS and isinstance(fields, dict) else fields
+        for section, fields in out.items()
+    }
 
 
 def build_kwargs(config: dict | RunConfig) -> dict:
@@ -131,6 +149,7 @@ def build_kwargs(config: dict | RunConfig) -> dict:
 
 
 # -- resolution ------------------------------------------------------------------------------
+
 
 def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -> RunConfig:
     """Defaults <- recipe <- flags (`FLAG_FIELDS`) <- `section.field=value` overrides.
@@ -167,8 +186,13 @@ def resolve(recipe: str | None = None, overrides: Sequence[str] = (), **flags) -
         t = config["train"]
         if t["warmup_epochs"] == picked["train"]["warmup_epochs"]:  # the rule, on the epochs run
             t["warmup_epochs"] = picked["train"]["warmup_epochs"] = min(2.0, 0.1 * t["epochs"])
-        kept = [f"{s}.{k}={config[s][k]!r}" for s, fields in picked.items() if s != "recipe"
-                for k, v in fields.items() if config[s][k] != v]
+        kept = [
+            f"{s}.{k}={config[s][k]!r}"
+            for s, fields in picked.items()
+            if s != "recipe"
+            for k, v in fields.items()
+            if config[s][k] != v
+        ]
         if kept:
             config["recipe"]["picked"] += f"; overridden: {', '.join(kept)}"
     return RunConfig.from_dict(check(config))
@@ -179,11 +203,15 @@ def _picked(config: dict) -> dict:
     d, m = config["data"], config["model"]
     if not m["weights"]:
         check(config)  # refuses a fine-tuning recipe without weights, before the data is read
-    num_train = data.count_train(d["name"], d["data_dir"] or None, d["classes"] or None,
-                                 d["max_train_samples"] or None)
+    num_train = data.count_train(d["name"], d["data_dir"] or None, d["classes"] or None, d["max_train_samples"] or None)
     record = registry.WEIGHTS.get(m["weights"])
-    side = (max(d["image_size"]) if all(d["image_size"]) else record.eval_size if record else
-            data.peek_image_side(d["name"], d["data_dir"] or None))
+    side = (
+        max(d["image_size"])
+        if all(d["image_size"])
+        else record.eval_size
+        if record
+        else data.peek_image_side(d["name"], d["data_dir"] or None)
+    )
     picked, why = plan.pick(num_train, side, config["train"]["batch_size"])
     return {**picked, "recipe": {"picked": why}}
 
@@ -194,21 +222,32 @@ def check(config: dict) -> dict:
     weight fills in its input size and eval crop."""
     m, t = build_kwargs(config), config["train"]
     try:
-        specs.resnet_spec(m["depth"], m["variant"], groups=m["groups"],
-                          width_per_group=m["width_per_group"], se_ratio=m["se_ratio"],
-                          shortcut=m["shortcut"])
+        specs.resnet_spec(
+            m["depth"],
+            m["variant"],
+            groups=m["groups"],
+            width_per_group=m["width_per_group"],
+            se_ratio=m["se_ratio"],
+            shortcut=m["shortcut"],
+        )
     except ValueError as err:
         raise RecipeError(f"[model] {err}") from err
     if t["epochs"] == 0 and not (m["weights"] and t["head_steps"]):
-        raise RecipeError("train.epochs must be at least 1; 0 (a linear probe: the head phase alone) "
-                          "needs --weights and train.head_steps.")
+        raise RecipeError(
+            "train.epochs must be at least 1; 0 (a linear probe: the head phase alone) "
+            "needs --weights and train.head_steps."
+        )
     if t["pick_from_data"] and not m["weights"]:
-        raise RecipeError(f"The {config['recipe']['name'] or 'fine-tuning'} recipe fine-tunes pretrained "
-                          "weights: give --weights (a .keras model, a weight tag or a file), or train "
-                          "from scratch with another recipe.")
+        raise RecipeError(
+            f"The {config['recipe']['name'] or 'fine-tuning'} recipe fine-tunes pretrained "
+            "weights: give --weights (a .keras model, a weight tag or a file), or train "
+            "from scratch with another recipe."
+        )
     if t["head_steps"] and not m["weights"]:
-        raise RecipeError("train.head_steps trains a new head on pretrained weights: give "
-                          "--weights (model.weights), or set train.head_steps=0.")
+        raise RecipeError(
+            "train.head_steps trains a new head on pretrained weights: give "
+            "--weights (model.weights), or set train.head_steps=0."
+        )
     record = registry.WEIGHTS.get(m["weights"])
     d = config["data"]
     if record is not None:  # a published weight: its model, and the size its eval crop is for

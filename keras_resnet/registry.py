@@ -30,6 +30,7 @@ from keras_resnet import specs
 from keras_resnet.files import dumps
 from keras_resnet.layers import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
+
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
     """A named architecture: the `build()` arguments it stands for."""
@@ -43,8 +44,13 @@ class ModelEntry:
 
     @property
     def build_kwargs(self) -> dict:
-        return dict(depth=self.depth, variant=self.variant, groups=self.groups,
-                    width_per_group=self.width_per_group, se_ratio=self.se_ratio)
+        return dict(
+            depth=self.depth,
+            variant=self.variant,
+            groups=self.groups,
+            width_per_group=self.width_per_group,
+            se_ratio=self.se_ratio,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,16 +87,18 @@ class WeightRecord:
         return self.name.split(".", 1)[0]
 
     @property
-    def mean(self) -> tuple[float, float, float]:
+    def mean(self) -> tuple[float, ...]:
         """Per-channel mean (RGB, pixels in [0, 1]) subtracted by `preprocessing`."""
-        return {"torch": IMAGENET_MEAN, "tf": (0.5, 0.5, 0.5),
-                "caffe": tuple(m / 255 for m in reversed(CAFFE_BGR_MEAN))}[self.preprocessing]
+        return {
+            "torch": IMAGENET_MEAN,
+            "tf": (0.5, 0.5, 0.5),
+            "caffe": tuple(m / 255 for m in reversed(CAFFE_BGR_MEAN)),
+        }[self.preprocessing]
 
     @property
-    def std(self) -> tuple[float, float, float]:
+    def std(self) -> tuple[float, ...]:
         """Per-channel divisor (pixels in [0, 1]); "caffe" also flips RGB to BGR."""
-        return {"torch": IMAGENET_STD, "tf": (0.5, 0.5, 0.5),
-                "caffe": (1 / 255,) * 3}[self.preprocessing]
+        return {"torch": IMAGENET_STD, "tf": (0.5, 0.5, 0.5), "caffe": (1 / 255,) * 3}[self.preprocessing]
 
     def file(self, include_top: bool) -> tuple[str, str | None]:
         """(url, hash) of the file to fetch."""
@@ -109,21 +117,24 @@ class WeightRecord:
         return f"https://huggingface.co/timm/{self.name}/resolve/main/model.safetensors"
 
 
-MODELS: dict[str, ModelEntry] = {m.name: m for m in (
-    *(ModelEntry(f"resnet{d}", d, "v1.5") for d in specs.IMAGENET_DEPTHS),
-    *(ModelEntry(f"resnet{d}d", d, "v1d") for d in specs.IMAGENET_DEPTHS),
-    ModelEntry("resnext50_32x4d", 50, "v1.5", groups=32, width_per_group=4),
-    ModelEntry("resnext101_32x8d", 101, "v1.5", groups=32, width_per_group=8),
-    ModelEntry("resnext101_64x4d", 101, "v1.5", groups=64, width_per_group=4),
-    ModelEntry("wide_resnet50_2", 50, "v1.5", width_per_group=128),
-    ModelEntry("wide_resnet101_2", 101, "v1.5", width_per_group=128),
-    # Bottleneck depths only: timm rounds the SE width up to a multiple of 8, which equals
-    # channels/16 for every bottleneck stage (256..2048 channels) but not for basic blocks.
-    *(ModelEntry(f"seresnet{d}", d, "v1.5", se_ratio=1 / 16) for d in (50, 101, 152)),
-    ModelEntry("seresnet152d", 152, "v1d", se_ratio=1 / 16),
-    *(ModelEntry(f"resnet{d}_{v}", d, v) for d in (50, 101, 152) for v in ("v1", "v2")),
-    *(ModelEntry(f"resnet{d}_cifar", d, "cifar") for d in specs.CIFAR_DEPTHS),
-)}
+MODELS: dict[str, ModelEntry] = {
+    m.name: m
+    for m in (
+        *(ModelEntry(f"resnet{d}", d, "v1.5") for d in specs.IMAGENET_DEPTHS),
+        *(ModelEntry(f"resnet{d}d", d, "v1d") for d in specs.IMAGENET_DEPTHS),
+        ModelEntry("resnext50_32x4d", 50, "v1.5", groups=32, width_per_group=4),
+        ModelEntry("resnext101_32x8d", 101, "v1.5", groups=32, width_per_group=8),
+        ModelEntry("resnext101_64x4d", 101, "v1.5", groups=64, width_per_group=4),
+        ModelEntry("wide_resnet50_2", 50, "v1.5", width_per_group=128),
+        ModelEntry("wide_resnet101_2", 101, "v1.5", width_per_group=128),
+        # Bottleneck depths only: timm rounds the SE width up to a multiple of 8, which equals
+        # channels/16 for every bottleneck stage (256..2048 channels) but not for basic blocks.
+        *(ModelEntry(f"seresnet{d}", d, "v1.5", se_ratio=1 / 16) for d in (50, 101, 152)),
+        ModelEntry("seresnet152d", 152, "v1d", se_ratio=1 / 16),
+        *(ModelEntry(f"resnet{d}_{v}", d, v) for d in (50, 101, 152) for v in ("v1", "v2")),
+        *(ModelEntry(f"resnet{d}_cifar", d, "cifar") for d in specs.CIFAR_DEPTHS),
+    )
+}
 
 _TV = "https://download.pytorch.org/models/"
 _TIMM_RESULTS = "timm results/results-imagenet.csv"
@@ -134,84 +145,144 @@ _KERAS_TOP1 = "keras.io/api/applications (table)"
 def _tv(name: str, file: str, top1: float, enum: str, v2: bool = False) -> WeightRecord:
     """A torchvision release: V1 evaluates at resize 256 / crop 224, V2 at 232 / 224."""
     return WeightRecord(
-        name, _TV + file, file.rsplit("-", 1)[1].split(".")[0], "pth", "torchvision", top1,
-        f"torchvision {enum} meta", "BSD-3-Clause", train_size=176 if v2 else 224,
-        crop_pct=0.965 if v2 else 0.875)
+        name,
+        _TV + file,
+        file.rsplit("-", 1)[1].split(".")[0],
+        "pth",
+        "torchvision",
+        top1,
+        f"torchvision {enum} meta",
+        "BSD-3-Clause",
+        train_size=176 if v2 else 224,
+        crop_pct=0.965 if v2 else 0.875,
+    )
 
 
 def _timm(name: str, top1: float, train: int = 224, eval_size: int = 288, crop: float = 1.0) -> WeightRecord:
     """A timm-trained release on the Hugging Face hub (bicubic; no published hash)."""
     return WeightRecord(
-        name, f"https://huggingface.co/timm/{name}/resolve/main/model.safetensors", None,
-        "safetensors", "timm", top1, f"{_TIMM_RESULTS} at {eval_size}", "Apache-2.0",
-        train_size=train, eval_size=eval_size, crop_pct=crop, interpolation="bicubic")
+        name,
+        f"https://huggingface.co/timm/{name}/resolve/main/model.safetensors",
+        None,
+        "safetensors",
+        "timm",
+        top1,
+        f"{_TIMM_RESULTS} at {eval_size}",
+        "Apache-2.0",
+        train_size=train,
+        eval_size=eval_size,
+        crop_pct=crop,
+        interpolation="bicubic",
+    )
 
 
 def _keras(depth: int, v2: bool, top1: float, md5_top: str, md5_notop: str) -> WeightRecord:
     key = f"resnet{depth}{'v2' if v2 else ''}"
     file = f"{key}_weights_tf_dim_ordering_tf_kernels"
     return WeightRecord(
-        f"resnet{depth}_{'v2' if v2 else 'v1'}.keras_in1k", f"{_KERAS}{file}.h5", md5_top, "keras_h5",
-        "keras.applications", top1, _KERAS_TOP1,
+        f"resnet{depth}_{'v2' if v2 else 'v1'}.keras_in1k",
+        f"{_KERAS}{file}.h5",
+        md5_top,
+        "keras_h5",
+        "keras.applications",
+        top1,
+        _KERAS_TOP1,
         "MIT" if (depth, v2) == (50, False) else "not stated",
-        preprocessing="tf" if v2 else "caffe", notop_url=f"{_KERAS}{file}_notop.h5", notop_hash=md5_notop)
+        preprocessing="tf" if v2 else "caffe",
+        notop_url=f"{_KERAS}{file}_notop.h5",
+        notop_hash=md5_notop,
+    )
 
 
-WEIGHTS: dict[str, WeightRecord] = {w.name: w for w in (
-    _tv("resnet18.tv_in1k", "resnet18-f37072fd.pth", 69.758, "ResNet18_Weights.IMAGENET1K_V1"),
-    _tv("resnet34.tv_in1k", "resnet34-b627a593.pth", 73.314, "ResNet34_Weights.IMAGENET1K_V1"),
-    _tv("resnet50.tv_in1k", "resnet50-0676ba61.pth", 76.13, "ResNet50_Weights.IMAGENET1K_V1"),
-    _tv("resnet50.tv2_in1k", "resnet50-11ad3fa6.pth", 80.858, "ResNet50_Weights.IMAGENET1K_V2", True),
-    _tv("resnet101.tv_in1k", "resnet101-63fe2227.pth", 77.374, "ResNet101_Weights.IMAGENET1K_V1"),
-    _tv("resnet101.tv2_in1k", "resnet101-cd907fc2.pth", 81.886, "ResNet101_Weights.IMAGENET1K_V2", True),
-    _tv("resnet152.tv_in1k", "resnet152-394f9c45.pth", 78.312, "ResNet152_Weights.IMAGENET1K_V1"),
-    _tv("resnet152.tv2_in1k", "resnet152-f82ba261.pth", 82.284, "ResNet152_Weights.IMAGENET1K_V2", True),
-    _tv("resnext50_32x4d.tv_in1k", "resnext50_32x4d-7cdf4587.pth", 77.618,
-        "ResNeXt50_32X4D_Weights.IMAGENET1K_V1"),
-    _tv("resnext50_32x4d.tv2_in1k", "resnext50_32x4d-1a0047aa.pth", 81.198,
-        "ResNeXt50_32X4D_Weights.IMAGENET1K_V2", True),
-    _tv("resnext101_32x8d.tv_in1k", "resnext101_32x8d-8ba56ff5.pth", 79.312,
-        "ResNeXt101_32X8D_Weights.IMAGENET1K_V1"),
-    _tv("resnext101_32x8d.tv2_in1k", "resnext101_32x8d-110c445d.pth", 82.834,
-        "ResNeXt101_32X8D_Weights.IMAGENET1K_V2", True),
-    # Trained with the V2 recipe (pytorch/vision#5935), though torchvision calls it V1.
-    _tv("resnext101_64x4d.tv_in1k", "resnext101_64x4d-173b62eb.pth", 83.246,
-        "ResNeXt101_64X4D_Weights.IMAGENET1K_V1", True),
-    _tv("wide_resnet50_2.tv_in1k", "wide_resnet50_2-95faca4d.pth", 78.468,
-        "Wide_ResNet50_2_Weights.IMAGENET1K_V1"),
-    _tv("wide_resnet50_2.tv2_in1k", "wide_resnet50_2-9ba9bcbe.pth", 81.602,
-        "Wide_ResNet50_2_Weights.IMAGENET1K_V2", True),
-    _tv("wide_resnet101_2.tv_in1k", "wide_resnet101_2-32ee1156.pth", 78.848,
-        "Wide_ResNet101_2_Weights.IMAGENET1K_V1"),
-    _tv("wide_resnet101_2.tv2_in1k", "wide_resnet101_2-d733dc28.pth", 82.51,
-        "Wide_ResNet101_2_Weights.IMAGENET1K_V2", True),
-    # timm, ResNet strikes back (a1, a1h: LAMB + BCE) and RandAugment recipes (ra2, racm).
-    _timm("resnet18.a1_in1k", 73.164),
-    _timm("resnet34.a1_in1k", 77.93),
-    _timm("resnet50.a1_in1k", 81.24),
-    _timm("resnet50.a1h_in1k", 80.654, train=176, eval_size=224),
-    _timm("resnet101.a1h_in1k", 82.796),
-    _timm("resnet152.a1h_in1k", 83.494),
-    _timm("resnet18d.ra2_in1k", 73.79, crop=0.95),
-    _timm("resnet34d.ra2_in1k", 78.44, crop=0.95),
-    _timm("resnet50d.ra2_in1k", 81.354, crop=0.95),
-    _timm("resnet50d.a1_in1k", 81.466),
-    _timm("resnet101d.ra2_in1k", 83.02, train=256, eval_size=320),
-    _timm("resnet152d.ra2_in1k", 83.684, train=256, eval_size=320),
-    _timm("resnet200d.ra2_in1k", 83.976, train=256, eval_size=320),
-    _timm("resnext50_32x4d.a1h_in1k", 82.016),
-    _timm("resnext101_64x4d.c1_in1k", 83.158),
-    _timm("wide_resnet50_2.racm_in1k", 82.26, crop=0.95),
-    _timm("seresnet50.a1_in1k", 81.114),
-    _timm("seresnet50.ra2_in1k", 81.288, crop=0.95),
-    _timm("seresnet152d.ra2_in1k", 84.344, train=256, eval_size=320),
-    _keras(50, False, 74.9, "2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
-    _keras(101, False, 76.4, "f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
-    _keras(152, False, 76.6, "100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
-    _keras(50, True, 76.0, "3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
-    _keras(101, True, 77.2, "6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
-    _keras(152, True, 78.0, "a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
-)}
+WEIGHTS: dict[str, WeightRecord] = {
+    w.name: w
+    for w in (
+        _tv("resnet18.tv_in1k", "resnet18-f37072fd.pth", 69.758, "ResNet18_Weights.IMAGENET1K_V1"),
+        _tv("resnet34.tv_in1k", "resnet34-b627a593.pth", 73.314, "ResNet34_Weights.IMAGENET1K_V1"),
+        _tv("resnet50.tv_in1k", "resnet50-0676ba61.pth", 76.13, "ResNet50_Weights.IMAGENET1K_V1"),
+        _tv("resnet50.tv2_in1k", "resnet50-11ad3fa6.pth", 80.858, "ResNet50_Weights.IMAGENET1K_V2", True),
+        _tv("resnet101.tv_in1k", "resnet101-63fe2227.pth", 77.374, "ResNet101_Weights.IMAGENET1K_V1"),
+        _tv("resnet101.tv2_in1k", "resnet101-cd907fc2.pth", 81.886, "ResNet101_Weights.IMAGENET1K_V2", True),
+        _tv("resnet152.tv_in1k", "resnet152-394f9c45.pth", 78.312, "ResNet152_Weights.IMAGENET1K_V1"),
+        _tv("resnet152.tv2_in1k", "resnet152-f82ba261.pth", 82.284, "ResNet152_Weights.IMAGENET1K_V2", True),
+        _tv("resnext50_32x4d.tv_in1k", "resnext50_32x4d-7cdf4587.pth", 77.618, "ResNeXt50_32X4D_Weights.IMAGENET1K_V1"),
+        _tv(
+            "resnext50_32x4d.tv2_in1k",
+            "resnext50_32x4d-1a0047aa.pth",
+            81.198,
+            "ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
+            True,
+        ),
+        _tv(
+            "resnext101_32x8d.tv_in1k",
+            "resnext101_32x8d-8ba56ff5.pth",
+            79.312,
+            "ResNeXt101_32X8D_Weights.IMAGENET1K_V1",
+        ),
+        _tv(
+            "resnext101_32x8d.tv2_in1k",
+            "resnext101_32x8d-110c445d.pth",
+            82.834,
+            "ResNeXt101_32X8D_Weights.IMAGENET1K_V2",
+            True,
+        ),
+        # Trained with the V2 recipe (pytorch/vision#5935), though torchvision calls it V1.
+        _tv(
+            "resnext101_64x4d.tv_in1k",
+            "resnext101_64x4d-173b62eb.pth",
+            83.246,
+            "ResNeXt101_64X4D_Weights.IMAGENET1K_V1",
+            True,
+        ),
+        _tv("wide_resnet50_2.tv_in1k", "wide_resnet50_2-95faca4d.pth", 78.468, "Wide_ResNet50_2_Weights.IMAGENET1K_V1"),
+        _tv(
+            "wide_resnet50_2.tv2_in1k",
+            "wide_resnet50_2-9ba9bcbe.pth",
+            81.602,
+            "Wide_ResNet50_2_Weights.IMAGENET1K_V2",
+            True,
+        ),
+        _tv(
+            "wide_resnet101_2.tv_in1k",
+            "wide_resnet101_2-32ee1156.pth",
+            78.848,
+            "Wide_ResNet101_2_Weights.IMAGENET1K_V1",
+        ),
+        _tv(
+            "wide_resnet101_2.tv2_in1k",
+            "wide_resnet101_2-d733dc28.pth",
+            82.51,
+            "Wide_ResNet101_2_Weights.IMAGENET1K_V2",
+            True,
+        ),
+        # timm, ResNet strikes back (a1, a1h: LAMB + BCE) and RandAugment recipes (ra2, racm).
+        _timm("resnet18.a1_in1k", 73.164),
+        _timm("resnet34.a1_in1k", 77.93),
+        _timm("resnet50.a1_in1k", 81.24),
+        _timm("resnet50.a1h_in1k", 80.654, train=176, eval_size=224),
+        _timm("resnet101.a1h_in1k", 82.796),
+        _timm("resnet152.a1h_in1k", 83.494),
+        _timm("resnet18d.ra2_in1k", 73.79, crop=0.95),
+        _timm("resnet34d.ra2_in1k", 78.44, crop=0.95),
+        _timm("resnet50d.ra2_in1k", 81.354, crop=0.95),
+        _timm("resnet50d.a1_in1k", 81.466),
+        _timm("resnet101d.ra2_in1k", 83.02, train=256, eval_size=320),
+        _timm("resnet152d.ra2_in1k", 83.684, train=256, eval_size=320),
+        _timm("resnet200d.ra2_in1k", 83.976, train=256, eval_size=320),
+        _timm("resnext50_32x4d.a1h_in1k", 82.016),
+        _timm("resnext101_64x4d.c1_in1k", 83.158),
+        _timm("wide_resnet50_2.racm_in1k", 82.26, crop=0.95),
+        _timm("seresnet50.a1_in1k", 81.114),
+        _timm("seresnet50.ra2_in1k", 81.288, crop=0.95),
+        _timm("seresnet152d.ra2_in1k", 84.344, train=256, eval_size=320),
+        _keras(50, False, 74.9, "2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
+        _keras(101, False, 76.4, "f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
+        _keras(152, False, 76.6, "100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+        _keras(50, True, 76.0, "3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
+        _keras(101, True, 77.2, "6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
+        _keras(152, True, 78.0, "a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
+    )
+}
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -235,16 +306,25 @@ def table(pattern: str = "*", fmt: str = "text") -> str:
     if fmt == "json":
         return dumps([dataclasses.asdict(r) for r in records], indent=2)
     header = ("weights", "source", "top-1 %", "train / eval px", "eval crop", "hash", "license")
-    rows = [(r.name, r.source, f"{r.top1:.2f}", f"{r.train_size} / {r.eval_size}", f"{r.crop_pct:g}",
-             ("md5" if len(r.file_hash) == 32 else "sha256") if r.file_hash else "none", r.license)
-            for r in records]
+    rows = [
+        (
+            r.name,
+            r.source,
+            f"{r.top1:.2f}",
+            f"{r.train_size} / {r.eval_size}",
+            f"{r.crop_pct:g}",
+            ("md5" if len(r.file_hash) == 32 else "sha256") if r.file_hash else "none",
+            r.license,
+        )
+        for r in records
+    ]
     if fmt == "markdown":
-        return "\n".join(["| weights | source | top-1 % | train / eval px | license |",
-                          "|---|---|---:|---:|---|"] +
-                         [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[6]} |" for r in rows])
+        return "\n".join(
+            ["| weights | source | top-1 % | train / eval px | license |", "|---|---|---:|---:|---|"]
+            + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[6]} |" for r in rows]
+        )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                     for row in (header, *rows))
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows))
 
 
 def get_model(name: str) -> ModelEntry:
@@ -258,6 +338,8 @@ def get_weights(tag: str) -> WeightRecord:
     if tag not in WEIGHTS:
         model = tag.split(".", 1)[0]
         known = list_weights(model) if model in MODELS else list_weights()
-        raise ValueError(f"Unknown weights {tag!r}. Known{' for ' + model if model in MODELS else ''}: "
-                         f"{', '.join(known) or 'none (this model has no published weights)'}.")
+        raise ValueError(
+            f"Unknown weights {tag!r}. Known{' for ' + model if model in MODELS else ''}: "
+            f"{', '.join(known) or 'none (this model has no published weights)'}."
+        )
     return WEIGHTS[tag]

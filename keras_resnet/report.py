@@ -32,8 +32,12 @@ def plot_curves(path, history: dict[str, list], title: str = "") -> None:
             values = history.get(name)
             if values and any(v is not None for v in values):
                 epochs = [i + 1 for i, v in enumerate(values) if v is not None]
-                ax.plot(epochs, [v for v in values if v is not None], style,
-                        label="test" if name.startswith("val_") else "train")
+                ax.plot(
+                    epochs,
+                    [v for v in values if v is not None],
+                    style,
+                    label="test" if name.startswith("val_") else "train",
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -65,15 +69,21 @@ def plot_confusion(path, matrix: np.ndarray, class_names: list[str], title: str 
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    matrix[i, j],
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def predictions(predict, batches, mirrored: bool = False
-                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def predictions(predict, batches, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Probabilities of every image of `batches` ((NHWC images, labels as indices or one-hot)
     batches) by `predict` (images -> probabilities), of each image's horizontal mirror if
     `mirrored` (else None), and the integer labels."""
@@ -89,18 +99,24 @@ def predictions(predict, batches, mirrored: bool = False
     def stack(parts):
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, classes))
 
-    return (stack(plain), stack(flipped) if mirrored else None,
-            np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64))
+    return (
+        stack(plain),
+        stack(flipped) if mirrored else None,
+        np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
+    )
 
 
-def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
-           mirrored: np.ndarray | None = None) -> dict:
+def scores(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, mirrored: np.ndarray | None = None
+) -> dict:
     """`evaluate_model`'s report from probabilities and integer labels; given the mirrored
     images' probabilities, also the flip-TTA top-1, top-5 and loss under "flip_tta"."""
     n = len(class_names)
     if probs.shape[1] != n:
-        raise DataError(f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
-                                 "on data with the classes it was trained on.")
+        raise DataError(
+            f"The model has {probs.shape[1]} classes, the data {n}: evaluate it "
+            "on data with the classes it was trained on."
+        )
     top5 = np.argsort(-probs, axis=1)[:, : min(5, n)]
     predicted = top5[:, 0]
     matrix = confusion_matrix(labels, predicted, n)
@@ -109,7 +125,7 @@ def scores(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
         "accuracy": float(np.mean(predicted == labels)),
         "top5_accuracy": float(np.mean((top5 == labels[:, None]).any(axis=1))),
         "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))),
-        "num_images": int(len(labels)),
+        "num_images": len(labels),
         "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
     }
     if n <= 100:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from keras_resnet import files, plan, recipes
 from keras_resnet.config import RunConfig
@@ -30,9 +31,11 @@ def read_config(folder: Path) -> dict | None:
         return None
     saved = files.read_json(folder / "config.json")
     if not isinstance(saved, dict) or set(saved) != set(recipes.DEFAULTS):
-        raise RunError(f"--output {folder} is not empty and is not a keras-resnet run folder (it has "
-                       "no keras-resnet config.json); nothing in it was changed. Choose a new or "
-                       "empty folder.")
+        raise RunError(
+            f"--output {folder} is not empty and is not a keras-resnet run folder (it has "
+            "no keras-resnet config.json); nothing in it was changed. Choose a new or "
+            "empty folder."
+        )
     return recipes.upgrade_saved(saved)
 
 
@@ -51,9 +54,13 @@ def context(model_path: str | os.PathLike | None) -> dict:
     folder = Path(model_path).resolve().parent
     config = files.read_json(folder / "config.json")
     data = (config or {}).get("data", {})
-    return {"data": data.get("name") or None, "data_dir": data.get("data_dir") or None,
-            "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
-            "class_names": read_metrics(folder).get("class_names"), "folder": folder}
+    return {
+        "data": data.get("name") or None,
+        "data_dir": data.get("data_dir") or None,
+        "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
+        "class_names": read_metrics(folder).get("class_names"),
+        "folder": folder,
+    }
 
 
 def default_folder(recipe: str | None) -> Path:
@@ -63,20 +70,24 @@ def default_folder(recipe: str | None) -> Path:
 
 def summary(output: str | os.PathLike, metrics: dict) -> dict:
     """The few numbers of a finished run that the CLI prints."""
-    return {"output": str(output), "epochs_completed": metrics["epochs_completed"],
-            "eval": {k: v for k, v in metrics.get("eval", {}).items()
-                     if k in ("accuracy", "top5_accuracy", "loss")}}
+    return {
+        "output": str(output),
+        "epochs_completed": metrics["epochs_completed"],
+        "eval": {k: v for k, v in metrics.get("eval", {}).items() if k in ("accuracy", "top5_accuracy", "loss")},
+    }
 
 
 # -- starting, resuming, replacing -----------------------------------------------------------
 
+
 def state(folder: Path) -> str:
-    """"complete" when the run in `folder` finished and saved its model, else "resume"."""
+    """ "complete" when the run in `folder` finished and saved its model, else "resume"."""
     complete = read_metrics(folder).get("status") == "complete" and (folder / "model.keras").exists()
     return "complete" if complete else "resume"
 
 
 RESUME_GROUP = "keras_resnet_resume"  # in a checkpoint: the position and the state `save_weights` leaves out
+
 
 def checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints, newest first."""
@@ -102,6 +113,7 @@ def damaged(path: Path) -> str | None:
         return f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
     return None
 
+
 def batches_of(path: Path) -> str | None:
     """What drew the batches of the run that wrote checkpoint `path` (None: not recorded)."""
     import h5py
@@ -111,34 +123,55 @@ def batches_of(path: Path) -> str | None:
             return None
         return f[RESUME_GROUP].attrs.get("batches") or None
 
+
 def where(folder: Path) -> dict:
     """Where the run in `folder` stands (`keras-resnet runs show`): its status, the epochs
     done, each checkpoint (position; intact, or why not) and whether the same `train`
     command resumes it, from where, or why not."""
     config = read_config(folder)
     if config is None:
-        raise RunError(f"{folder} holds no run (no config.json); give the --output folder of a "
-                       "`keras-resnet train` run.")
+        raise RunError(
+            f"{folder} holds no run (no config.json); give the --output folder of a `keras-resnet train` run."
+        )
     metrics = read_metrics(folder)
-    found = [{"file": p.name, "epochs_completed": position(p)[0], "step": position(p)[1],
-              "damaged": damaged(p)} for p in checkpoints(folder / "checkpoints")]
+    found: list[dict[str, Any]] = [
+        {"file": p.name, "epochs_completed": position(p)[0], "step": position(p)[1], "damaged": damaged(p)}
+        for p in checkpoints(folder / "checkpoints")
+    ]
     good = [c for c in found if c["damaged"] is None]
-    shown = {"folder": str(folder), "status": metrics.get("status", "started"),
-             "epochs_completed": metrics.get("epochs_completed", 0), "epochs": plan.total_epochs(RunConfig.from_dict(config)),
-             "checkpoints": found}
+    shown = {
+        "folder": str(folder),
+        "status": metrics.get("status", "started"),
+        "epochs_completed": metrics.get("epochs_completed", 0),
+        "epochs": plan.total_epochs(RunConfig.from_dict(config)),
+        "checkpoints": found,
+    }
     if metrics.get("error"):
         shown["error"] = metrics["error"]
     if state(folder) == "complete":
         return {**shown, "can_resume": False, "why": "the run is complete (model.keras saved); nothing to resume"}
     if good and good[0]["epochs_completed"] >= shown["epochs"]:
-        return {**shown, "can_resume": True, "why": "every epoch is trained; the same `keras-resnet train` "
-                                                     "command evaluates and saves the model"}
+        return {
+            **shown,
+            "can_resume": True,
+            "why": "every epoch is trained; the same `keras-resnet train` command evaluates and saves the model",
+        }
     if good:
         epoch, step = good[0]["epochs_completed"], good[0]["step"]
-        return {**shown, "can_resume": True, "resumes_at": {"epoch": epoch + 1, "step": step + 1},
-                "why": f"the same `keras-resnet train` command (or --output {folder}) resumes from {good[0]['file']}"}
+        return {
+            **shown,
+            "can_resume": True,
+            "resumes_at": {"epoch": epoch + 1, "step": step + 1},
+            "why": f"the same `keras-resnet train` command (or --output {folder}) resumes from {good[0]['file']}",
+        }
     if found:
-        return {**shown, "can_resume": False, "why": "every checkpoint is damaged; start anew with --overwrite "
-                                                      "or another --output"}
-    return {**shown, "can_resume": False, "why": "no checkpoint was written yet; the same command starts the "
-                                                  "run again from its first step"}
+        return {
+            **shown,
+            "can_resume": False,
+            "why": "every checkpoint is damaged; start anew with --overwrite or another --output",
+        }
+    return {
+        **shown,
+        "can_resume": False,
+        "why": "no checkpoint was written yet; the same command starts the run again from its first step",
+    }

@@ -19,17 +19,35 @@ import keras
 from keras_resnet import distribute, files
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import RunError
-from keras_resnet.runfolder import (RESUME_GROUP, batches_of, checkpoints, context, damaged,  # noqa: F401
-                                    default_folder, position, read_config, read_metrics, state, summary, where)
+from keras_resnet.runfolder import RESUME_GROUP, checkpoints, damaged, position, read_config, read_metrics, state
+
+# The reader's functions, re-exported: `runs.where(folder)` and the like keep working.
+from keras_resnet.runfolder import batches_of as batches_of
+from keras_resnet.runfolder import context as context
+from keras_resnet.runfolder import default_folder as default_folder
+from keras_resnet.runfolder import summary as summary
+from keras_resnet.runfolder import where as where
 
 WORKER_PREFIX = "keras-resnet-worker-"
 # What `train` writes into a run folder; --overwrite removes these and nothing else.
-ENTRIES = ("config.json", "metrics.json", "history.csv", "checkpoints", "logs", "model.keras",
-           "curves.png", "confusion_matrix.png", "tmp-model.keras", ".metrics.json.tmp",
-           ".history.csv.tmp", ".config.json.tmp")
+ENTRIES = (
+    "config.json",
+    "metrics.json",
+    "history.csv",
+    "checkpoints",
+    "logs",
+    "model.keras",
+    "curves.png",
+    "confusion_matrix.png",
+    "tmp-model.keras",
+    ".metrics.json.tmp",
+    ".history.csv.tmp",
+    ".config.json.tmp",
+)
 
 
 # -- starting, resuming, replacing -----------------------------------------------------------
+
 
 def clear(folder: Path) -> None:
     """Remove what `train` wrote into `folder`; anything else (exports, notes) stays."""
@@ -42,7 +60,7 @@ def clear(folder: Path) -> None:
 
 
 def prepare(folder: Path, run_config: RunConfig | dict, overwrite: bool, log: Callable[[str], None]) -> str:
-    """"new", "resume" or "complete"; refuses a different configuration unless `overwrite`.
+    """ "new", "resume" or "complete"; refuses a different configuration unless `overwrite`.
 
     A run that stopped before its first checkpoint (a bad data path, a crash in epoch 1)
     holds nothing to resume, so a different configuration simply replaces its config.json.
@@ -52,17 +70,21 @@ def prepare(folder: Path, run_config: RunConfig | dict, overwrite: bool, log: Ca
     if overwrite and saved is not None:
         clear(folder)
         saved = None
-    if (saved is not None and saved != config
-            and not checkpoints(folder / "checkpoints") and not (folder / "model.keras").exists()):
-        log(f"{folder}: its earlier run stopped before its first checkpoint; starting anew with "
-            "this configuration.")
+    if (
+        saved is not None
+        and saved != config
+        and not checkpoints(folder / "checkpoints")
+        and not (folder / "model.keras").exists()
+    ):
+        log(f"{folder}: its earlier run stopped before its first checkpoint; starting anew with this configuration.")
         saved = None
     if saved is not None and saved != config:
-        changed = sorted(f"{s}.{k}" for s in config for k in config[s]
-                         if saved.get(s, {}).get(k) != config[s][k])
-        raise RunError(f"{folder} holds a run with a different configuration (changed: "
-                       f"{', '.join(changed[:6]) or 'sections'}); use another --output, or "
-                       "--overwrite to replace it.")
+        changed = sorted(f"{s}.{k}" for s in config for k in config[s] if saved.get(s, {}).get(k) != config[s][k])
+        raise RunError(
+            f"{folder} holds a run with a different configuration (changed: "
+            f"{', '.join(changed[:6]) or 'sections'}); use another --output, or "
+            "--overwrite to replace it."
+        )
     folder.mkdir(parents=True, exist_ok=True)
     if saved is None:
         files.write_json(folder / "config.json", config)
@@ -111,11 +133,11 @@ def open_run(folder: Path, config: RunConfig, strategy, overwrite: bool, log: Ca
 
 # -- what `fit` writes -----------------------------------------------------------------------
 
+
 class Recorder(keras.callbacks.Callback):
     """Rewrites metrics.json and history.csv after every epoch: one continuous history."""
 
-    def __init__(self, folder: Path, initial_epoch: int, extra: dict,
-                 history_from: Path | None = None):
+    def __init__(self, folder: Path, initial_epoch: int, extra: dict, history_from: Path | None = None):
         """`history_from`: the run folder whose first `initial_epoch` epochs continue
         (default: `folder`; a non-chief worker reads the chief's). The lr recorded is the
         optimizer's at the end of each epoch (each phase has its own schedule)."""
@@ -135,8 +157,13 @@ class Recorder(keras.callbacks.Callback):
         self.write(status="running")
 
     def write(self, status: str, **more) -> dict:
-        metrics = {"status": status, "epochs_completed": self.epochs_completed,
-                   "history": self.history, **self.extra, **more}
+        metrics = {
+            "status": status,
+            "epochs_completed": self.epochs_completed,
+            "history": self.history,
+            **self.extra,
+            **more,
+        }
         files.write_json(self.folder / "metrics.json", metrics)
         files.write_history_csv(self.folder / "history.csv", self.history)
         return metrics
@@ -153,14 +180,16 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
     epoch's remaining steps, and the saved metric totals are added after its first step.
     """
 
-    def __init__(self, folder: Path, keep: int = 2, every_steps: int = 0, every_minutes: float = 0.0,
-                 batches: str = ""):
+    def __init__(
+        self, folder: Path, keep: int = 2, every_steps: int = 0, every_minutes: float = 0.0, batches: str = ""
+    ):
         """`batches`: what draws the training batches ("tf.data" or "NumPy"), kept in each
         file so that a resume can tell whether the rest of its epoch gets the same ones."""
         super().__init__()
         self.folder, self.keep, self.batches = folder, keep, batches
         self.every_steps, self.every_seconds = every_steps, 60.0 * every_minutes
-        self.steps, self.offset, self.epoch, self.saved_metrics = 0, 0, 0, None
+        self.steps, self.offset, self.epoch = 0, 0, 0
+        self.saved_metrics: list | None = None
         self.last_step, self.last_time = 0, time.monotonic()
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -180,8 +209,9 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
         step = self.offset + batch + 1
         if step >= self.steps:
             return  # the epoch's end writes its own
-        if ((self.every_steps and step - self.last_step >= self.every_steps)
-                or (self.every_seconds and time.monotonic() - self.last_time >= self.every_seconds)):
+        if (self.every_steps and step - self.last_step >= self.every_steps) or (
+            self.every_seconds and time.monotonic() - self.last_time >= self.every_seconds
+        ):
             self._write(self.epoch, step, (logs or {}).get("loss"))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -200,15 +230,17 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
         with h5py.File(tmp, "a") as f:
             state = f.create_group(RESUME_GROUP)
             state.attrs["epoch"], state.attrs["step"], state.attrs["batches"] = epoch, step, self.batches
-            for group, variables in (("metrics", _metric_variables(self.model)),
-                                     ("seeds", _seed_variables(self.model))):
+            for group, variables in (
+                ("metrics", _metric_variables(self.model)),
+                ("seeds", _seed_variables(self.model)),
+            ):
                 values = state.create_group(group)
                 for k, variable in enumerate(variables):
                     values[str(k)] = keras.ops.convert_to_numpy(variable)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.folder / name)
-        for old in checkpoints(self.folder)[self.keep:]:
+        for old in checkpoints(self.folder)[self.keep :]:
             old.unlink()
 
 
@@ -219,12 +251,16 @@ def _metric_variables(model: keras.Model) -> list:
 def _seed_variables(model: keras.Model) -> list:
     """The state of every seed generator in the model (e.g. DropPath's), which
     `save_weights` does not save."""
-    return [layer.seed_generator.state for layer in model._flatten_layers()
-            if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)]
+    return [
+        layer.seed_generator.state
+        for layer in model._flatten_layers()
+        if isinstance(getattr(layer, "seed_generator", None), keras.random.SeedGenerator)
+    ]
 
 
-def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
-                   clean: bool = True) -> tuple[tuple[int, int], list | None]:
+def restore_latest(
+    model: keras.Model, folder: Path, log: Callable[[str], None], clean: bool = True
+) -> tuple[tuple[int, int], list | None]:
     """Load the newest checkpoint: weights, optimizer and the model's seed generators.
     Returns its `position` ((0, 0): none) and the epoch's saved metric totals (for
     `CrashSafeCheckpoint.start`; None for an epoch-end checkpoint or one without them).
@@ -252,11 +288,14 @@ def restore_latest(model: keras.Model, folder: Path, log: Callable[[str], None],
                 f"Checkpoint {path} is intact but does not fit this model ({type(err).__name__}: "
                 f"{' '.join(str(err).split())[:200]}); it was left untouched. Resume with the "
                 "keras-resnet version that wrote it, or start anew with another --output "
-                "(or --overwrite).") from err
+                "(or --overwrite)."
+            ) from err
         return position(path), metrics
     if found:
-        raise RunError(f"Every checkpoint in {folder} is damaged ({', '.join(p.name for p in found)}); "
-                       "they were left untouched. Start anew with another --output (or --overwrite).")
+        raise RunError(
+            f"Every checkpoint in {folder} is damaged ({', '.join(p.name for p in found)}); "
+            "they were left untouched. Start anew with another --output (or --overwrite)."
+        )
     return (0, 0), None
 
 
@@ -276,5 +315,3 @@ def _restore_extra_state(model: keras.Model, path: Path) -> list | None:
             variable.assign(state["seeds"][str(k)][()])
         metrics = [state["metrics"][str(k)][()] for k in range(len(state["metrics"]))]
         return metrics if state.attrs["step"] else None
-
-

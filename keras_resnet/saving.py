@@ -21,9 +21,13 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         return keras.models.load_model(path)
     except Exception as err:
         if "safe_mode" in str(err):
-            raise ModelError(f"{path} is not a loadable .keras model in safe mode: it holds a "
-                             "Lambda layer (arbitrary Python code). Rebuild the model without it; "
-                             "safe mode stays on.") from err
-        raise ModelError(f"{path} is not a loadable .keras model ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:200]}). Pass a model saved with "
-                         "model.save('model.keras'), e.g. run/model.keras from `train`.") from err
+            raise ModelError(
+                f"{path} is not a loadable .keras model in safe mode: it holds a "
+                "Lambda layer (arbitrary Python code). Rebuild the model without it; "
+                "safe mode stays on."
+            ) from err
+        raise ModelError(
+            f"{path} is not a loadable .keras model ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}). Pass a model saved with "
+            "model.save('model.keras'), e.g. run/model.keras from `train`."
+        ) from err

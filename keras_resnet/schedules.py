@@ -41,8 +41,7 @@ class WarmupPiecewise(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self) -> dict:
-        return {"boundaries": self.boundaries, "values": self.values,
-                "warmup_steps": self.warmup_steps}
+        return {"boundaries": self.boundaries, "values": self.values, "warmup_steps": self.warmup_steps}
 
 
 @register
@@ -65,16 +64,16 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self) -> dict:
-        return {"lr": self.lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "alpha": self.alpha}
+        return {"lr": self.lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "alpha": self.alpha}
 
 
 @register
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """One-cycle (Smith 2018), linear: lr/div_factor -> lr at `pct_start`, then -> lr/final_div."""
 
-    def __init__(self, lr: float, total_steps: int, pct_start: float = 0.25,
-                 div_factor: float = 10.0, final_div: float = 100.0):
+    def __init__(
+        self, lr: float, total_steps: int, pct_start: float = 0.25, div_factor: float = 10.0, final_div: float = 100.0
+    ):
         if not 0.0 < pct_start < 1.0:
             raise ValueError(f"pct_start must be in (0, 1), got {pct_start}.")
         self.lr, self.total_steps, self.pct_start = float(lr), int(total_steps), float(pct_start)
@@ -89,34 +88,46 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < peak, up, down)
 
     def get_config(self) -> dict:
-        return {"lr": self.lr, "total_steps": self.total_steps, "pct_start": self.pct_start,
-                "div_factor": self.div_factor, "final_div": self.final_div}
+        return {
+            "lr": self.lr,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "div_factor": self.div_factor,
+            "final_div": self.final_div,
+        }
 
 
 SCHEDULES = ("piecewise", "cosine", "onecycle")
 
 
-def make_schedule(kind: str, *, lr: float, steps_per_epoch: int, epochs: int,
-                  warmup_epochs: float = 0.0, boundaries: list[float] | None = None,
-                  factor: float = 0.1, **kwargs) -> keras.optimizers.schedules.LearningRateSchedule:
+def make_schedule(
+    kind: str,
+    *,
+    lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float = 0.0,
+    boundaries: list[float] | None = None,
+    factor: float = 0.1,
+    **kwargs,
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """A schedule from recipe fields; epoch-valued fields become steps.
 
     `boundaries` (piecewise) are epochs, or fractions of the run when all are < 1; the lr
     is multiplied by `factor` at each.
     """
     total = steps_per_epoch * epochs
-    warmup = int(round(warmup_epochs * steps_per_epoch))
+    warmup = round(warmup_epochs * steps_per_epoch)
     if kind == "piecewise":
         marks = boundaries or []
         if marks and max(marks) < 1:
             marks = [m * epochs for m in marks]
-        steps = [int(round(m * steps_per_epoch)) for m in marks]
+        steps = [round(m * steps_per_epoch) for m in marks]
         return WarmupPiecewise(steps, [lr * factor**i for i in range(len(steps) + 1)], warmup)
     if kind == "cosine":
         return WarmupCosine(lr, total, warmup, kwargs.get("alpha", 0.0))
     if kind == "onecycle":
-        return OneCycle(lr, total, **{k: kwargs[k] for k in ("pct_start", "div_factor", "final_div")
-                                      if k in kwargs})
+        return OneCycle(lr, total, **{k: kwargs[k] for k in ("pct_start", "div_factor", "final_div") if k in kwargs})
     raise ValueError(f"Unknown schedule {kind!r}; use one of {SCHEDULES}.")
 
 
@@ -134,10 +145,8 @@ class ScaledSGD(keras.optimizers.SGD):
     def apply(self, grads, trainable_variables=None):
         variables = self._trainable_variables if trainable_variables is None else trainable_variables
         scaled = set(self.scaled_paths)
-        grads = [g * self.scale if g is not None and v.path in scaled else g
-                 for g, v in zip(grads, variables)]
+        grads = [g * self.scale if g is not None and v.path in scaled else g for g, v in zip(grads, variables)]
         return super().apply(grads, trainable_variables)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "scaled_paths": list(self.scaled_paths), "scale": self.scale}
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal, cast
 
 BlockType = Literal["basic", "bottleneck"]
 StemType = Literal["imagenet", "deep", "cifar"]
@@ -16,7 +16,7 @@ SHORTCUT_TYPES = ("projection", "avgpool", "zeropad")
 SHORTCUT_ALIASES = {"A": "zeropad", "B": "projection"}
 
 IMAGENET_VARIANTS = ("v1", "v1.5", "v1d", "v2")
-VARIANTS = IMAGENET_VARIANTS + ("cifar",)
+VARIANTS = (*IMAGENET_VARIANTS, "cifar")
 
 IMAGENET_DEPTHS: dict[int, tuple[BlockType, tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -81,17 +81,14 @@ class ResNetSpec:
             raise ValueError(f"Unknown stem {self.stem!r}; use one of {STEM_TYPES}.")
         if self.shortcut not in SHORTCUT_TYPES:
             raise ValueError(
-                f"Unknown shortcut {self.shortcut!r}; use one of {SHORTCUT_TYPES} "
-                "(or 'A' / 'B' for the CIFAR options)."
+                f"Unknown shortcut {self.shortcut!r}; use one of {SHORTCUT_TYPES} (or 'A' / 'B' for the CIFAR options)."
             )
         if self.stride_on not in ("1x1", "3x3"):
             raise ValueError(f"stride_on must be '1x1' or '3x3', got {self.stride_on!r}.")
         if not isinstance(self.groups, int) or self.groups < 1:
             raise ValueError(f"groups must be a positive integer, got {self.groups!r}.")
         if not isinstance(self.width_per_group, int) or self.width_per_group < 1:
-            raise ValueError(
-                f"width_per_group must be a positive integer, got {self.width_per_group!r}."
-            )
+            raise ValueError(f"width_per_group must be a positive integer, got {self.width_per_group!r}.")
         if self.se_ratio is not None and not 0 < self.se_ratio <= 1:
             raise ValueError(f"se_ratio must be in (0, 1], got {self.se_ratio!r}.")
         grouped = self.groups != 1 or self.width_per_group != 64
@@ -148,26 +145,26 @@ def resnet_spec(
         raise ValueError(f"Unknown variant {variant!r}; use one of {list(VARIANTS)}.")
     if shortcut is not None:
         shortcut = SHORTCUT_ALIASES.get(shortcut, shortcut)
-    common = dict(groups=groups, width_per_group=width_per_group, se_ratio=se_ratio)
+
+    def spec(stages: tuple[StageSpec, ...], default_shortcut: str, **choices: Any) -> ResNetSpec:
+        kind = cast(ShortcutType, shortcut or default_shortcut)  # checked by ResNetSpec
+        return ResNetSpec(
+            stages, shortcut=kind, groups=groups, width_per_group=width_per_group, se_ratio=se_ratio, **choices
+        )
 
     if variant == "cifar":
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(
-                f"CIFAR ResNets have depth 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}."
-            )
+            raise ValueError(f"CIFAR ResNets have depth 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}.")
         n = (depth - 2) // 6
-        stages = (
+        stages: tuple[StageSpec, ...] = (
             StageSpec("basic", 16, n, 1),
             StageSpec("basic", 32, n, 2),
             StageSpec("basic", 64, n, 2),
         )
-        return ResNetSpec(stages, stem="cifar", stem_filters=16,
-                          shortcut=shortcut or "zeropad", **common)
+        return spec(stages, "zeropad", stem="cifar", stem_filters=16)
 
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(
-            f"Variant {variant!r} has no depth {depth}. Valid: {valid_depths_message()}."
-        )
+        raise ValueError(f"Variant {variant!r} has no depth {depth}. Valid: {valid_depths_message()}.")
     block, repeats = IMAGENET_DEPTHS[depth]
     stages = tuple(
         StageSpec(block, filters, n, 1 if i == 0 else 2)
@@ -176,15 +173,11 @@ def resnet_spec(
     if variant == "v2":
         # keras.applications ResNetV2: the stem's pool already halved, so stages 2-4
         # downsample in their *last* block and stage 5 not at all.
-        stages = tuple(
-            StageSpec(block, s.filters, s.repeats, 2 if i < 3 else 1) for i, s in enumerate(stages)
-        )
-        return ResNetSpec(stages, preact=True, stride_in_last_block=True,
-                          shortcut=shortcut or "projection", **common)
-    return ResNetSpec(
+        stages = tuple(StageSpec(block, s.filters, s.repeats, 2 if i < 3 else 1) for i, s in enumerate(stages))
+        return spec(stages, "projection", preact=True, stride_in_last_block=True)
+    return spec(
         stages,
+        "avgpool" if variant == "v1d" else "projection",
         stem="deep" if variant == "v1d" else "imagenet",
         stride_on="1x1" if variant == "v1" else "3x3",
-        shortcut=shortcut or ("avgpool" if variant == "v1d" else "projection"),
-        **common,
     )

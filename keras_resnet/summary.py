@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from contextlib import redirect_stdout
+from typing import Any
 
 import keras
 
@@ -56,22 +57,27 @@ def model_stats(model: keras.Model) -> dict:
 
 
 # (label, build() keyword arguments) for the README's model table.
-MODEL_TABLE = [
-    (f"ResNet-{d} {v}", dict(depth=d, variant=v))
-    for d in (18, 34, 50, 101, 152, 200) for v in ("v1.5",)
-] + [
-    ("ResNet-50 v1 (keras.applications layout)", dict(depth=50, variant="v1")),
-    ("ResNet-50-D (v1d)", dict(depth=50, variant="v1d")),
-    ("ResNet-50 v2 (pre-activation)", dict(depth=50, variant="v2")),
-    ("ResNeXt-50 32x4d", dict(depth=50, groups=32, width_per_group=4)),
-    ("ResNeXt-101 32x8d", dict(depth=101, groups=32, width_per_group=8)),
-    ("Wide ResNet-50-2", dict(depth=50, width_per_group=128)),
-    ("SE-ResNet-50", dict(depth=50, se_ratio=1 / 16)),
-] + [(f"CIFAR ResNet-{d}", dict(depth=d)) for d in (20, 32, 44, 56, 110, 1202)]
+MODEL_TABLE: list[tuple[str, dict[str, Any]]] = [
+    *[(f"ResNet-{d} {v}", {"depth": d, "variant": v}) for d in (18, 34, 50, 101, 152, 200) for v in ("v1.5",)],
+    ("ResNet-50 v1 (keras.applications layout)", {"depth": 50, "variant": "v1"}),
+    ("ResNet-50-D (v1d)", {"depth": 50, "variant": "v1d"}),
+    ("ResNet-50 v2 (pre-activation)", {"depth": 50, "variant": "v2"}),
+    ("ResNeXt-50 32x4d", {"depth": 50, "groups": 32, "width_per_group": 4}),
+    ("ResNeXt-101 32x8d", {"depth": 101, "groups": 32, "width_per_group": 8}),
+    ("Wide ResNet-50-2", {"depth": 50, "width_per_group": 128}),
+    ("SE-ResNet-50", {"depth": 50, "se_ratio": 1 / 16}),
+    *[(f"CIFAR ResNet-{d}", {"depth": d}) for d in (20, 32, 44, 56, 110, 1202)],
+]
 
 
-def report(depth: int | str | None = None, fmt: str = "text", *, all_models: bool = False,
-           show_layers: bool = False, **build_kwargs) -> str:
+def report(
+    depth: int | str | None = None,
+    fmt: str = "text",
+    *,
+    all_models: bool = False,
+    show_layers: bool = False,
+    **build_kwargs,
+) -> str:
     """Parameter and MAC counts of `build(depth, **build_kwargs)` (with `show_layers`, Keras's
     layer summary first), or with `all_models` of every model in `MODEL_TABLE`; `fmt` is
     "text", "json" or "markdown"."""
@@ -96,7 +102,9 @@ def report(depth: int | str | None = None, fmt: str = "text", *, all_models: boo
             macs = f"{s['macs'] / 1e9:.2f} G" if s["macs"] >= 1e9 else f"{s['macs'] / 1e6:.1f} M"
             lines.append(f"| {label} | {side} | {s['trainable_params']:,} | {macs} |")
     else:
-        lines = [f"{label}: input {tuple(s['input_shape'])}, {s['trainable_params']:,} trainable "
-                 f"parameters ({s['total_params']:,} total), {s['macs'] / 1e9:.3f} GMACs"
-                 for label, s in rows]
+        lines = [
+            f"{label}: input {tuple(s['input_shape'])}, {s['trainable_params']:,} trainable "
+            f"parameters ({s['total_params']:,} total), {s['macs'] / 1e9:.3f} GMACs"
+            for label, s in rows
+        ]
     return layers + "\n".join(lines)

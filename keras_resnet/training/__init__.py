@@ -12,22 +12,31 @@ from pathlib import Path
 
 import keras
 
-from keras_resnet import backends, distribute, recipes, runs
+from keras_resnet import backends, distribute, recipes, runfolder, runs
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import RunError
 from keras_resnet.plan import phases
 from keras_resnet.training import finish, inputs, loop
 from keras_resnet.training.modelling import build_compiled, build_model, compile_model, recalibrate_batch_norm
 
-__all__ = ["train", "build_model", "compile_model", "build_compiled", "recalibrate_batch_norm"]
+__all__ = ["build_compiled", "build_model", "compile_model", "recalibrate_batch_norm", "train"]
 
 
-def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
-          overrides: Sequence[str] = (), overwrite: bool = False, strategy: str = "auto",
-          tpu: str | None = None, extra_augment_layers: Sequence[Callable] = (),
-          callbacks: Sequence[keras.callbacks.Callback] = (), log: Callable[[str], None] = print,
-          verbose: int = 2, **flags) -> dict:
-    """Train with `model.fit` into the run folder `output` (default `runs.default_folder`);
+def train(
+    recipe: str | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    strategy: str = "auto",
+    tpu: str | None = None,
+    extra_augment_layers: Sequence[Callable] = (),
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    log: Callable[[str], None] = print,
+    verbose: int = 2,
+    **flags,
+) -> dict:
+    """Train with `model.fit` into the run folder `output` (default `runfolder.default_folder`);
     returns metrics.json's content.
 
     Running the same call again resumes where the last checkpoint left off (or returns at
@@ -44,11 +53,13 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
         log(config.recipe.picked)
     strat = _strategy(strategy, tpu, config)
     inputs.refuse_unsupported(config, extra_augment_layers, not distribute.is_default(strat))
-    run = runs.open_run(Path(output or runs.default_folder(recipe)), config, strat, overwrite, log)
+    run = runs.open_run(Path(output or runfolder.default_folder(recipe)), config, strat, overwrite, log)
     if run.complete:
-        log(f"Run in {run.source} is already complete ({runs.read_metrics(run.source).get('epochs_completed')} "
-            "epochs); nothing to do.")
-        return runs.read_metrics(run.source)
+        log(
+            f"Run in {run.source} is already complete ({runfolder.read_metrics(run.source).get('epochs_completed')} "
+            "epochs); nothing to do."
+        )
+        return runfolder.read_metrics(run.source)
     try:
         with strat.scope(), distribute.multi_worker_fit(strat):
             data, feed, trained = _fit(config, run, extra_augment_layers, callbacks, log, verbose)
@@ -58,9 +69,11 @@ def train(recipe: str | None = None, *, output: str | os.PathLike | None = None,
     except distribute.LOST_CONTACT as err:
         if not distribute.is_multi_worker(strat):
             raise
-        raise RunError(f"Lost contact with another worker ({type(err).__name__}: "
-                       f"{str(err).splitlines()[0][:160]}). Start every worker again with the same "
-                       "command; training resumes from the chief's last checkpoint.") from err
+        raise RunError(
+            f"Lost contact with another worker ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160]}). Start every worker again with the same "
+            "command; training resumes from the chief's last checkpoint."
+        ) from err
     finally:
         run.close()
 
@@ -74,9 +87,14 @@ def _strategy(name: str, tpu: str | None, config: RunConfig):
     return strat
 
 
-def _fit(config: RunConfig, run: runs.Run, extra_augment_layers: Sequence[Callable],
-         user_callbacks: Sequence[keras.callbacks.Callback], log: Callable[[str], None],
-         verbose: int) -> tuple[inputs.Data, inputs.Feed, finish.Trained]:
+def _fit(
+    config: RunConfig,
+    run: runs.Run,
+    extra_augment_layers: Sequence[Callable],
+    user_callbacks: Sequence[keras.callbacks.Callback],
+    log: Callable[[str], None],
+    verbose: int,
+) -> tuple[inputs.Data, inputs.Feed, finish.Trained]:
     """Data, model, resume, batches, then every phase's `fit` under the strategy."""
     t, distributed = config.train, not distribute.is_default(run.strategy)
     keras.utils.set_random_seed(t.seed)
@@ -85,9 +103,13 @@ def _fit(config: RunConfig, run: runs.Run, extra_augment_layers: Sequence[Callab
     data = inputs.load(config, log)
     if distributed and t.jit_compile == "auto" and backends.name() == "tensorflow":
         config = config.replace("train", jit_compile=False)  # XLA under tf.distribute: not verified
-    model, _, precision = build_compiled(config, num_classes=data.splits.num_classes, image_size=data.image_size,
-                                         normalization=(data.splits.mean, data.splits.std),
-                                         steps_per_epoch=data.steps_per_epoch)
+    model, _, precision = build_compiled(
+        config,
+        num_classes=data.splits.num_classes,
+        image_size=data.image_size,
+        normalization=(data.splits.mean, data.splits.std),
+        steps_per_epoch=data.steps_per_epoch,
+    )
     if t.sync_bn:
         distribute.synchronize_batch_norm(model)
     plan = phases(config, data.steps_per_epoch)
@@ -95,12 +117,18 @@ def _fit(config: RunConfig, run: runs.Run, extra_augment_layers: Sequence[Callab
     feed = inputs.feed(config, data, extra_augment_layers, distributed)
     loop.warn_if_batches_change(position, feed, log)
     recorder = _recorder(run, position, data, feed, model, precision)
-    log(f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
+    log(
+        f"Training {model.name} ({precision}, XLA {'on' if model.jit_compile else 'off'}, "
         f"{distribute.describe(run.strategy)}) on {data.splits.num_train} images of {data.splits.source}"
         f"{' (in accelerator memory)' if feed.on_device else ''}, {data.splits.num_classes} classes, "
-        f"epochs {position.epoch + 1}-{plan[-1].end}, {data.steps_per_epoch} steps each.")
-    checkpoint = runs.CrashSafeCheckpoint(run.folder / "checkpoints", every_steps=t.checkpoint_every_steps,
-                                          every_minutes=t.checkpoint_every_minutes, batches=feed.drawn_by)
+        f"epochs {position.epoch + 1}-{plan[-1].end}, {data.steps_per_epoch} steps each."
+    )
+    checkpoint = runs.CrashSafeCheckpoint(
+        run.folder / "checkpoints",
+        every_steps=t.checkpoint_every_steps,
+        every_minutes=t.checkpoint_every_minutes,
+        batches=feed.drawn_by,
+    )
     callbacks = [keras.callbacks.TerminateOnNaN(), recorder, checkpoint, *user_callbacks]
     if backends.has_tensorflow():  # Keras writes TensorBoard logs with tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(run.folder / "logs")))
@@ -108,17 +136,27 @@ def _fit(config: RunConfig, run: runs.Run, extra_augment_layers: Sequence[Callab
     started = time.time()
     fitter.fit_phases(plan, phase, position)
     loop.raise_if_stopped(fitter, plan[-1].end, run.folder)
-    return data, feed, finish.Trained(model, recorder, finish.finalize_ema(model, config, feed),
-                                      time.time() - started)
+    return data, feed, finish.Trained(model, recorder, finish.finalize_ema(model, config, feed), time.time() - started)
 
 
-def _recorder(run: runs.Run, position: loop.Position, data: inputs.Data, feed: inputs.Feed,
-              model: keras.Model, precision: str) -> runs.Recorder:
+def _recorder(
+    run: runs.Run, position: loop.Position, data: inputs.Data, feed: inputs.Feed, model: keras.Model, precision: str
+) -> runs.Recorder:
     """The recorder of metrics.json: the history so far and what the run trains with."""
     splits = data.splits
-    return runs.Recorder(run.folder, position.epoch,
-                         {"class_names": splits.class_names, "data": splits.source, "backend": backends.name(),
-                          "precision": precision, "jit_compile": bool(model.jit_compile),
-                          "data_on_device": feed.on_device, "num_train": splits.num_train,
-                          "num_test": splits.num_test, "strategy": distribute.describe(run.strategy)},
-                         history_from=run.source)
+    return runs.Recorder(
+        run.folder,
+        position.epoch,
+        {
+            "class_names": splits.class_names,
+            "data": splits.source,
+            "backend": backends.name(),
+            "precision": precision,
+            "jit_compile": bool(model.jit_compile),
+            "data_on_device": feed.on_device,
+            "num_train": splits.num_train,
+            "num_test": splits.num_test,
+            "strategy": distribute.describe(run.strategy),
+        },
+        history_from=run.source,
+    )

@@ -43,8 +43,7 @@ class Trained:
     train_seconds: float
 
 
-def save(folder: Path, config: RunConfig, data: Data, feed: Feed, trained: Trained,
-         log: Callable[[str], None]) -> dict:
+def save(folder: Path, config: RunConfig, data: Data, feed: Feed, trained: Trained, log: Callable[[str], None]) -> dict:
     """BN statistics for averaged weights, final evaluation, model.keras (float32 whatever
     the training precision), plots; returns metrics.json's content."""
     model, recorder, bn_batches = trained.model, trained.recorder, trained.bn_batches
@@ -54,8 +53,7 @@ def save(folder: Path, config: RunConfig, data: Data, feed: Feed, trained: Train
         count = recalibrate_batch_norm(final, bn_batches)
         log(f"Re-estimated the BN statistics of the averaged (EMA) weights on {count} training batches.")
     splits = data.splits
-    probs, mirrored, labels = report.predictions(final.predict_on_batch, feed.eval_batches,
-                                                 config.data.eval_flip_tta)
+    probs, mirrored, labels = report.predictions(final.predict_on_batch, feed.eval_batches, config.data.eval_flip_tta)
     scores = report.scores(probs, labels, splits.class_names, mirrored=mirrored)
     tmp = folder / "tmp-model.keras"
     final.save(tmp)
@@ -63,10 +61,16 @@ def save(folder: Path, config: RunConfig, data: Data, feed: Feed, trained: Train
     title = f"{final.name} on {splits.source}"
     report.plot_curves(folder / "curves.png", recorder.history, title)
     if "confusion_matrix" in scores:
-        report.plot_confusion(folder / "confusion_matrix.png", np.asarray(scores["confusion_matrix"]),
-                              splits.class_names, f"{title}\ntest accuracy {scores['accuracy']:.4f}")
+        report.plot_confusion(
+            folder / "confusion_matrix.png",
+            np.asarray(scores["confusion_matrix"]),
+            splits.class_names,
+            f"{title}\ntest accuracy {scores['accuracy']:.4f}",
+        )
     metrics = recorder.write(status="complete", eval=scores, train_seconds_this_session=round(trained.train_seconds, 1))
     tta = f", with flip TTA {scores['flip_tta']['accuracy']:.4f}" if "flip_tta" in scores else ""
-    log(f"Test accuracy {scores['accuracy']:.4f} (top-5 {scores['top5_accuracy']:.4f}){tta} "
-        f"on {splits.num_test} images; run folder {folder}")
+    log(
+        f"Test accuracy {scores['accuracy']:.4f} (top-5 {scores['top5_accuracy']:.4f}){tta} "
+        f"on {splits.num_test} images; run folder {folder}"
+    )
     return metrics

@@ -8,7 +8,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from keras_resnet import augment as augment_lib, backends, data as data_lib, pydata
+from keras_resnet import augment as augment_lib
+from keras_resnet import backends, pydata
+from keras_resnet import data as data_lib
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import DataError, RecipeError
 
@@ -40,12 +42,14 @@ def refuse_unsupported(config: RunConfig, extra_augment_layers: Sequence[Callabl
 
 def _tf_data_augmentations(config: RunConfig, extra_augment_layers: Sequence[Callable]) -> list[str]:
     """The training augmentations that only the tf.data pipeline applies."""
-    return ([f"augment.{k}" for k in pydata.unsupported_augments(dataclasses.asdict(config.augment))]
-            + ["extra_augment_layers"] * bool(extra_augment_layers))
+    return [f"augment.{k}" for k in pydata.unsupported_augments(dataclasses.asdict(config.augment))] + [
+        "extra_augment_layers"
+    ] * bool(extra_augment_layers)
 
 
-def on_device_blockers(config: RunConfig, extra_augment_layers: Sequence[Callable], distributed: bool,
-                       resize: bool = False) -> list[str]:
+def on_device_blockers(
+    config: RunConfig, extra_augment_layers: Sequence[Callable], distributed: bool, resize: bool = False
+) -> list[str]:
     """What keeps the training set from accelerator memory (`data.on_device`); with
     `data.on_device = true`, refused in one line."""
     blockers = _tf_data_augmentations(config, extra_augment_layers)
@@ -53,29 +57,40 @@ def on_device_blockers(config: RunConfig, extra_augment_layers: Sequence[Callabl
     blockers += ["--strategy (several devices)"] * distributed
     blockers += [f"the {backends.name()} backend (tf.data feeds it)"] * (backends.name() == "tensorflow")
     if blockers and config.data.on_device is True:
-        raise RecipeError(f"data.on_device=true cannot be used with {', '.join(blockers)}: set "
-                          "data.on_device to 'auto' or false, or run on KERAS_BACKEND=jax or torch "
-                          "with pad-crop/flip augmentation only.")
+        raise RecipeError(
+            f"data.on_device=true cannot be used with {', '.join(blockers)}: set "
+            "data.on_device to 'auto' or false, or run on KERAS_BACKEND=jax or torch "
+            "with pad-crop/flip augmentation only."
+        )
     return blockers
 
 
 def load(config: RunConfig, log: Callable[[str], None]) -> Data:
     """The splits `config.data` names, the input size, and the steps of an epoch."""
     t, d = config.train, config.data
-    splits = data_lib.load(d.name, data_dir=d.data_dir or None, cache_dir=d.cache_dir or None,
-                           max_train_samples=d.max_train_samples or None,
-                           max_eval_samples=d.max_eval_samples or None, seed=t.seed,
-                           classes=d.classes or None)
+    splits = data_lib.load(
+        d.name,
+        data_dir=d.data_dir or None,
+        cache_dir=d.cache_dir or None,
+        max_train_samples=d.max_train_samples or None,
+        max_eval_samples=d.max_eval_samples or None,
+        seed=t.seed,
+        classes=d.classes or None,
+    )
     if splits.skipped:
-        log(f"Skipped {len(splits.skipped)} unreadable or non-image file(s): "
-            f"{', '.join(splits.skipped[:5])}{' ...' if len(splits.skipped) > 5 else ''}")
+        log(
+            f"Skipped {len(splits.skipped)} unreadable or non-image file(s): "
+            f"{', '.join(splits.skipped[:5])}{' ...' if len(splits.skipped) > 5 else ''}"
+        )
     image_size = tuple(d.image_size) if all(d.image_size) else splits.image_size
     if not image_size:
         raise DataError("Images vary in size: set data.image_size (e.g. --set 'data.image_size=[224, 224]').")
     steps_per_epoch = splits.num_train // t.batch_size
     if steps_per_epoch == 0:
-        raise DataError(f"batch_size {t.batch_size} exceeds the {splits.num_train} training "
-                        "images; lower --batch-size or use more data.")
+        raise DataError(
+            f"batch_size {t.batch_size} exceeds the {splits.num_train} training "
+            "images; lower --batch-size or use more data."
+        )
     return Data(splits, (int(image_size[0]), int(image_size[1])), steps_per_epoch)
 
 
@@ -118,8 +133,12 @@ def feed(config: RunConfig, data: Data, extra_augment_layers: Sequence[Callable]
         eval_batches = pydata.EvalBatches(splits.test, num_classes=splits.num_classes, batch_size=batch)
     else:
         eval_batches = data_lib.eval_pipeline(
-            data_lib.with_one_hot(splits.test, splits.num_classes), batch_size=batch, image_size=image_size,
-            fixed_size=splits.image_size == image_size, crop_fraction=config.data.eval_crop_fraction or None)
+            data_lib.with_one_hot(splits.test, splits.num_classes),
+            batch_size=batch,
+            image_size=image_size,
+            fixed_size=splits.image_size == image_size,
+            crop_fraction=config.data.eval_crop_fraction or None,
+        )
     if isinstance(splits.train, pydata.Arrays) or on_device:
         return Feed(eval_batches, _NumpyBatches(config, data, on_device), on_device, "NumPy")
     return Feed(eval_batches, _TfDataBatches(config, data, extra_augment_layers), False, "tf.data")
@@ -131,17 +150,29 @@ class _NumpyBatches:
     def __init__(self, config: RunConfig, data: Data, on_device: bool):
         splits = data.splits
         self.config, self.classes = config, splits.num_classes
-        self.train = (splits.train if isinstance(splits.train, pydata.Arrays)
-                      else data_lib.to_arrays(splits.train, splits.num_train))
+        self.train = (
+            splits.train
+            if isinstance(splits.train, pydata.Arrays)
+            else data_lib.to_arrays(splits.train, splits.num_train)
+        )
         self.uploaded = pydata.upload(self.train, config.augment.pad_crop) if on_device else None
 
     def __call__(self, first_epoch: int, end_epoch: int | None = None, first_step: int = 0):
         t = self.config.train
-        kind, args = ((pydata.DeviceTrainBatches, (self.uploaded,)) if self.uploaded is not None
-                      else (pydata.TrainBatches, ()))
-        return kind(self.train, *args, num_classes=self.classes, batch_size=t.batch_size, seed=t.seed,
-                    first_epoch=first_epoch, end_epoch=t.epochs if end_epoch is None else end_epoch,
-                    first_step=first_step, augment=dataclasses.asdict(self.config.augment))
+        kind, args = (
+            (pydata.DeviceTrainBatches, (self.uploaded,)) if self.uploaded is not None else (pydata.TrainBatches, ())
+        )
+        return kind(
+            self.train,
+            *args,
+            num_classes=self.classes,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            first_epoch=first_epoch,
+            end_epoch=t.epochs if end_epoch is None else end_epoch,
+            first_step=first_step,
+            augment=dataclasses.asdict(self.config.augment),
+        )
 
 
 class _TfDataBatches:
@@ -155,8 +186,15 @@ class _TfDataBatches:
     def __call__(self, first_epoch: int, end_epoch: int | None = None, first_step: int = 0):
         t, splits, image_size = self.config.train, self.data.splits, self.data.image_size
         return data_lib.train_pipeline(
-            data_lib.with_one_hot(splits.train, splits.num_classes), num_examples=splits.num_train,
-            batch_size=t.batch_size, epochs=t.epochs if end_epoch is None else end_epoch,
-            initial_epoch=first_epoch, initial_step=first_step, seed=t.seed, image_size=image_size,
-            fixed_size=splits.image_size == image_size, augment=self.augmenter,
-            random_resized_crop=self.config.augment.random_resized_crop)
+            data_lib.with_one_hot(splits.train, splits.num_classes),
+            num_examples=splits.num_train,
+            batch_size=t.batch_size,
+            epochs=t.epochs if end_epoch is None else end_epoch,
+            initial_epoch=first_epoch,
+            initial_step=first_step,
+            seed=t.seed,
+            image_size=image_size,
+            fixed_size=splits.image_size == image_size,
+            augment=self.augmenter,
+            random_resized_crop=self.config.augment.random_resized_crop,
+        )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from keras_resnet import distribute, runs
+from keras_resnet import distribute, runfolder, runs
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import RunError
 from keras_resnet.plan import Phase, resume_phase
@@ -33,15 +33,21 @@ class Position:
     drawn_by: str | None = None
 
 
-def restore(model: keras.Model, config: RunConfig, plan: Sequence[Phase], steps_per_epoch: int,
-            run: runs.Run, log: Callable[[str], None]) -> tuple[Position, Phase]:
+def restore(
+    model: keras.Model,
+    config: RunConfig,
+    plan: Sequence[Phase],
+    steps_per_epoch: int,
+    run: runs.Run,
+    log: Callable[[str], None],
+) -> tuple[Position, Phase]:
     """Set up the phase a resume comes back into and load the newest checkpoint into it (a
     checkpoint holds the optimizer of the phase that wrote it); a new run's first phase."""
     epoch, step, metrics, found = 0, 0, None, []
     phase = plan[0]
     if run.state == "resume":
-        found = [p for p in runs.checkpoints(run.source / "checkpoints") if not runs.damaged(p)]
-        epoch, step = runs.position(found[0]) if found else (0, 0)  # the one `restore_latest` loads
+        found = [p for p in runfolder.checkpoints(run.source / "checkpoints") if not runfolder.damaged(p)]
+        epoch, step = runfolder.position(found[0]) if found else (0, 0)  # the one `restore_latest` loads
         phase = resume_phase(plan, epoch, step)
     enter_phase(model, config, steps_per_epoch, phase, compiled=phase is plan[0])
     if run.state == "resume":
@@ -53,16 +59,18 @@ def restore(model: keras.Model, config: RunConfig, plan: Sequence[Phase], steps_
     step = distribute.agree(run.strategy, step, "the step to resume from")
     if epoch or step:
         log(f"Resuming from epoch {epoch + 1}" + (f", step {step + 1}" if step else ""))
-    return Position(epoch, step, metrics, runs.batches_of(found[0]) if found and step else None), phase
+    return Position(epoch, step, metrics, runfolder.batches_of(found[0]) if found and step else None), phase
 
 
 def warn_if_batches_change(position: Position, feed: Feed, log: Callable[[str], None]) -> None:
     """Say so when the rest of a resumed epoch is drawn by another path than its start."""
     if position.step and position.drawn_by not in (None, feed.drawn_by):
-        log(f"Warning: the batches of epoch {position.epoch + 1} before step {position.step + 1} were drawn by "
+        log(
+            f"Warning: the batches of epoch {position.epoch + 1} before step {position.step + 1} were drawn by "
             f"{position.drawn_by}, the rest are drawn by {feed.drawn_by} (TensorFlow installed or not, "
             "data.on_device): in another order, so this epoch sees some images twice and misses others. "
-            "Resume where the run started for the same batches.")
+            "Resume where the run started for the same batches."
+        )
 
 
 @dataclasses.dataclass
@@ -106,10 +114,12 @@ class Fitter:
         if announce:
             self.log(f"Phase 'all': epochs {first + 1}-{phase.end}.")
         if t.bn_mode == "frozen_stats" and first == phase.start and not done:
-            count = recalibrate_batch_norm(self.model, itertools.islice(self.feed.training(0, 1),
-                                                                        BN_RECALIBRATION_BATCHES))
-            self.log(f"Re-estimated the BN statistics on {count} batches of the training images "
-                     "(bn_mode frozen_stats).")
+            count = recalibrate_batch_norm(
+                self.model, itertools.islice(self.feed.training(0, 1), BN_RECALIBRATION_BATCHES)
+            )
+            self.log(
+                f"Re-estimated the BN statistics on {count} batches of the training images (bn_mode frozen_stats)."
+            )
         if done:  # the rest of the epoch a resume came back into, then the phase's whole epochs
             epoch = first - phase.start
             self._fit(phase, self.feed.training(epoch, epoch + 1, done), first, first + 1, done, saved_metrics)
@@ -118,19 +128,28 @@ class Fitter:
                 return
         self._fit(phase, self.feed.training(first - phase.start), first, phase.end)
 
-    def _fit(self, phase: Phase, batches, first: int, end: int, done: int = 0,
-             saved_metrics: list | None = None) -> None:
+    def _fit(
+        self, phase: Phase, batches, first: int, end: int, done: int = 0, saved_metrics: list | None = None
+    ) -> None:
         """Epochs `first..end-1` of `phase`, the first from its step `done`."""
         self.checkpoint.start(phase.steps, done, saved_metrics if done else None)
         raw: list = []
         # `fit` swaps in the EMA weights when it ends: not yet, when the phase goes on.
-        keep_raw = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: raw.extend(
-            keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables))
+        keep_raw = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda *_: raw.extend(keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables)
+        )
         t = self.config.train
-        self.model.fit(batches, epochs=end, initial_epoch=first, steps_per_epoch=phase.steps - done,
-                       callbacks=self.callbacks + ([keep_raw] if done and t.ema else []), verbose=self.verbose,
-                       shuffle=False, validation_data=self.feed.eval_batches if t.validate_every else None,
-                       validation_freq=max(t.validate_every, 1))
+        self.model.fit(
+            batches,
+            epochs=end,
+            initial_epoch=first,
+            steps_per_epoch=phase.steps - done,
+            callbacks=self.callbacks + ([keep_raw] if done and t.ema else []),
+            verbose=self.verbose,
+            shuffle=False,
+            validation_data=self.feed.eval_batches if t.validate_every else None,
+            validation_freq=max(t.validate_every, 1),
+        )
         if raw and end < phase.end:
             for variable, value in zip(self.model.trainable_variables, raw):
                 variable.assign(value)
@@ -141,16 +160,23 @@ class Fitter:
     def stopped(self, total_epochs: int, folder: Path) -> str | None:
         """Why the run ended before `total_epochs` (NaN loss, no more data, a callback), or None."""
         losses = self.recorder.history.get("loss", [])
-        kept = runs.checkpoints(folder / "checkpoints")
+        kept = runfolder.checkpoints(folder / "checkpoints")
         kept_text = f"the last good checkpoint is kept ({kept[0] if kept else 'none'})"
         bad = next((i for i, v in enumerate(losses) if v is None or not math.isfinite(v)), None)
         if bad is not None:
-            return (f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept_text}. "
-                    "Lower train.lr or check the data.")
+            return (
+                f"Training stopped: the loss became NaN/inf in epoch {bad + 1}; {kept_text}. "
+                "Lower train.lr or check the data."
+            )
         if self.recorder.epochs_completed < total_epochs:
-            why = ("a callback stopped it (model.stop_training)" if self.model.stop_training
-                   else "the input ran out of data (unreadable images dropped?)")
-            return f"Training stopped after epoch {self.recorder.epochs_completed} of {total_epochs}: {why}; {kept_text}."
+            why = (
+                "a callback stopped it (model.stop_training)"
+                if self.model.stop_training
+                else "the input ran out of data (unreadable images dropped?)"
+            )
+            return (
+                f"Training stopped after epoch {self.recorder.epochs_completed} of {total_epochs}: {why}; {kept_text}."
+            )
         return None
 
 
