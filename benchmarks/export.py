@@ -112,7 +112,7 @@ def main() -> None:
         rows = []
         for model in models:
             size = tuple(model.input_shape[1:3])
-            calibration = parity.load_sample(args.data, size=size, crop=evaluation.eval_crop(size),
+            calibration = parity.load_sample(args.data, prep=evaluation.Preprocessing(size, evaluation.eval_crop(size)),
                                              count=100, split="train").images
             rows += speed(model, calibration, args.threads, args.repeats, workdir)
         print(f"\n| model | runtime ({args.threads} threads for TFLite) | 1-image latency ms | "

@@ -2,6 +2,7 @@
 
 from keras_resnet import layers, models, registry
 from keras_resnet.builder import build, build_from_spec
+from keras_resnet.converters import save_weights as save_weights
 from keras_resnet.features import feature_model, feature_tensor, pyramid_outputs
 from keras_resnet.layers import (
     BasicBlock,

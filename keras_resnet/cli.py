@@ -326,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"keras-resnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:  # an optional dependency this command needs is not installed
+        missing = f" (pip install {err.name})" if isinstance(err, ModuleNotFoundError) and err.name else ""
+        print(f"keras-resnet {args.command}: error: {err}{missing}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,19 +22,29 @@ import math
 import os
 import re
 import tempfile
+import warnings
+import zipfile
 from typing import cast
 
 import h5py
 import keras
 import numpy as np
 
-from keras_resnet import registry, specs
+from keras_resnet import architecture, registry, specs
 from keras_resnet.layers import BottleneckBlock, ResidualBlock
 
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d
 KERAS_APPLICATIONS_BN_EPSILON = 1.001e-5
 KERAS_RESNET_BN_EPSILON = 1e-5  # keras-resnet >= 0.1 (earlier convs carried biases)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".th")  # what PyTorch files are usually called; read by content
+# The first bytes of each file kind `read` tells apart (a legacy torch.save file is a pickle
+# whose first object is torch's magic number, 0x1950a86a20f9469cfc6c).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+_TORCH_LEGACY_SIGNATURE = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+# The classifier of each PyTorch layout: torchvision/timm's `fc`, the CIFAR ResNets' `linear`
+# (akamaster/pytorch_resnet_cifar10).
+_TORCH_HEADS = ("fc", "linear")
 
 # safetensors dtype -> NumPy dtype (little-endian); BF16 is widened to float32.
 _SAFETENSORS_DTYPES = {
@@ -119,16 +129,25 @@ class Checkpoint:
     @property
     def num_classes(self) -> int | None:
         """Classes of the file's classifier (None: no classifier, or not readable)."""
-        head = {"torch": "fc.weight", "keras_applications": "predictions", "keras_resnet": "fc1000"}
+        if self.layout == "torch":
+            array = self.arrays.get(f"{self.torch_head}.weight")
+            return None if array is None else array.shape[0]
+        head = {"keras_applications": "predictions", "keras_resnet": "fc1000"}
         array = self.arrays.get(head.get(self.layout))
         if array is None:
             return None
-        return array.shape[0] if self.layout == "torch" else array[0].shape[-1]
+        return array[0].shape[-1]
+
+    @property
+    def torch_head(self) -> str:
+        """The classifier's name in a PyTorch state dict: "linear" (CIFAR ResNets) or "fc"."""
+        return "linear" if "linear.weight" in self.arrays else "fc"
 
 
 # -- reading -----------------------------------------------------------------------------
 def read(path: str | os.PathLike) -> Checkpoint:
-    """Read a weight file (layout chosen by suffix and, for HDF5, by its layer names)."""
+    """Read a weight file; its kind is told by its content, whatever its name (`file_kind`),
+    and an HDF5 file's layout by its layer names."""
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -136,13 +155,65 @@ def read(path: str | os.PathLike) -> Checkpoint:
             "keras_resnet.list_weights()), 'imagenet', a .safetensors/.pth state dict, a "
             "keras.applications or keras-resnet .h5 file, or a .weights.h5 saved by keras_resnet."
         )
-    if path.endswith(".weights.h5"):
-        return Checkpoint(path, "native", {}, None)
-    if path.endswith(".safetensors"):
+    kind = file_kind(path) or _kind_by_name(path)  # a damaged file: read as its name says, to say why
+    if kind == "keras":
+        raise ValueError(
+            f"{path!r} is a whole Keras model (.keras), not a weight file: load it with "
+            "keras.models.load_model, or fine-tune from it with `keras-resnet train --weights` (train(weights=...))."
+        )
+    if kind == "safetensors":
         return Checkpoint(path, "torch", _strip_prefix(read_safetensors(path)), TORCH_BN_EPSILON)
-    if path.endswith(TORCH_SUFFIXES):
+    if kind == "torch":
         return Checkpoint(path, "torch", _strip_prefix(_read_torch(path)), TORCH_BN_EPSILON)
-    return _read_legacy_h5(path)
+    if kind == "hdf5" and not _is_legacy_h5(path):
+        return Checkpoint(path, "native", {}, None)
+    if kind == "hdf5":
+        return _read_legacy_h5(path)
+    raise ValueError(
+        f"{path!r} is not a weight file this package reads (by its content: not HDF5, not a "
+        "PyTorch torch.save file, not safetensors). Pass a .weights.h5 or .h5 Keras file, a "
+        "PyTorch state dict (.pth, .pt, .th, .bin) or a .safetensors file."
+    )
+
+
+def file_kind(path: str) -> str | None:
+    """ "hdf5", "torch" (torch.save: zip or legacy pickle), "keras" (a .keras zip),
+    "safetensors", or None, from the file's content."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(_HDF5_SIGNATURE):
+        return "hdf5"
+    if head.startswith(_TORCH_LEGACY_SIGNATURE):
+        return "torch"
+    if head.startswith(_ZIP_SIGNATURE):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "torch" if path.endswith(TORCH_SUFFIXES) else None  # truncated: as its name says
+        return "keras" if "config.json" in names and "model.weights.h5" in names else "torch"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
+        return "safetensors"
+    return None
+
+
+def _kind_by_name(path: str) -> str | None:
+    """The kind a file's name suggests, for a file whose content says none."""
+    if path.endswith(".safetensors"):
+        return "safetensors"
+    if path.endswith(TORCH_SUFFIXES):
+        return "torch"
+    return "hdf5" if path.endswith((".h5", ".hdf5")) else None
+
+
+def _is_legacy_h5(path: str) -> bool:
+    """A Keras 2 HDF5 file (layer_names at its root or under model_weights), not a Keras 3
+    `.weights.h5`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "layer_names" in f.attrs or ("model_weights" in f and "layer_names" in f["model_weights"].attrs)
+    except OSError as err:
+        raise ValueError(f"Cannot read {path!r} as an HDF5 weights file: {err}") from err
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -281,6 +352,8 @@ def _torch_signature(shapes: dict[str, tuple]) -> tuple | None:
     if "layer1.0.conv1.weight" not in shapes:
         return None
     repeats = tuple(len({k.split(".")[1] for k in shapes if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    if "linear.weight" in shapes:  # a CIFAR ResNet: three stages of basic blocks, 16 channels first
+        return ("cifar", repeats, shapes["conv1.weight"][0])
     bottleneck = "layer1.0.conv3.weight" in shapes
     conv2 = shapes["layer1.0.conv2.weight"] if bottleneck else (64, 64)
     se = shapes.get("layer1.0.se.fc1.weight")
@@ -295,6 +368,9 @@ def _torch_signature(shapes: dict[str, tuple]) -> tuple | None:
 
 
 def _entry_signature(entry: registry.ModelEntry) -> tuple | None:
+    if entry.variant == "cifar":
+        n = (entry.depth - 2) // 6
+        return ("cifar", (n, n, n, 0), 16)
     if entry.variant not in ("v1.5", "v1d"):
         return None
     block, repeats = specs.IMAGENET_DEPTHS[entry.depth]
@@ -473,6 +549,7 @@ def _torch_block(planner: _StateDictPlan, layer, prefix: str) -> None:
 def _torch_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
     _require_stride_on(model, checkpoint, "3x3", "a torchvision/timm network (v1.5: strides on the 3x3)")
     planner = _StateDictPlan(checkpoint)
+    head = checkpoint.torch_head
     blocks = {id(layer): (s, b) for s, b, layer in _blocks(model)}
     for layer in model.layers:
         if layer.name in _TORCH_STEM:
@@ -481,10 +558,10 @@ def _torch_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
             s, b = blocks[id(layer)]
             _torch_block(planner, layer, f"layer{s - 1}.{b - 1}")
         elif layer.name == "predictions":
-            planner.dense(layer, "fc")
+            planner.dense(layer, head)
         elif layer.weights:
             raise planner.refuse(layer.name, "this layer has no counterpart in torchvision's or timm's layout")
-    return planner.finish(set() if _has_top(model) else {"fc.weight", "fc.bias"})
+    return planner.finish(set() if _has_top(model) else {f"{head}.weight", f"{head}.bias"})
 
 
 def _keras_applications_targets(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
@@ -655,4 +732,34 @@ def _load_native(model: keras.Model, path: str) -> None:
                 names.get(key, key.removeprefix("layers/")),
                 f"model expects variables {want or 'none'}, file has {got or 'none'}",
             )
+    _check_architecture(model, path)
     keras.Model.load_weights(model, path)  # Keras's own, also for the old API's subclass
+
+
+def _check_architecture(model: keras.Model, path: str) -> None:
+    """Refuse a `.weights.h5` whose recorded architecture is not `model`'s; warn, in one line,
+    that a file without one (not written by this package) could only be checked by its
+    variables' names and shapes."""
+    recorded = architecture.marked(path)
+    if recorded is None:
+        warnings.warn(
+            f"{path!r} does not record its architecture (saved by Keras's save_weights, not keras_resnet): only "
+            "its variables' names and shapes were checked, which a v1 and a v1.5 ResNet (or a projection and a "
+            "ResNet-D shortcut) share. Save weights with keras_resnet.save_weights(model, path) to have them "
+            "checked.",
+            stacklevel=3,
+        )
+        return
+    diff = architecture.difference(recorded, architecture.describe(model))
+    if diff:
+        raise ValueError(
+            f"Weights file {path!r} was saved from another architecture: {diff}. Nothing was loaded; build the "
+            "architecture the file was saved from (same variant, shortcut, SE, groups, width)."
+        )
+
+
+def save_weights(model: keras.Model, path: str | os.PathLike) -> None:
+    """`model.save_weights(path)` (a `.weights.h5`), with the architecture recorded, so that a
+    load into another architecture with the same variables is refused."""
+    model.save_weights(path)
+    architecture.mark(path, model)

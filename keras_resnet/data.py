@@ -513,19 +513,20 @@ def load(data: str, **kwargs) -> Splits:
 # -- pipelines -------------------------------------------------------------------------------
 
 
-def resize_eval(image, size: tuple[int, int], crop_fraction: float | None):
+def resize_eval(image, size: tuple[int, int], crop_fraction: float | None, interpolation: str = "bilinear"):
     """Resize the shorter side to size/crop_fraction, then center-crop `size` (ImageNet eval);
-    without a crop, resize to `size` (a no-op at that size). The one eval resize: the run's
-    own evaluation, `evaluate`, `predict`, the SavedModel's image-bytes signatures and the
-    export parity check all reach it through `evaluation.preprocess`/`eval_pipeline`."""
+    without a crop, resize to `size` (a no-op at that size). `interpolation`: "bilinear" or
+    "bicubic" (the resize a weight record's top-1 was measured with). The one eval resize:
+    the run's own evaluation, `evaluate`, `predict`, the SavedModel's image-bytes signatures
+    and the export parity check all reach it through `evaluation.preprocess`/`eval_pipeline`."""
     image = tf.cast(image, tf.float32)
     if crop_fraction:
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.cast(max(size), tf.float32) / crop_fraction / tf.reduce_min(shape)
         resized = tf.cast(tf.round(shape * scale), tf.int32)
-        image = tf.image.resize(image, resized, antialias=True)
+        image = tf.image.resize(image, resized, method=interpolation, antialias=True)
         return tf.image.resize_with_crop_or_pad(image, size[0], size[1])
-    return tf.image.resize(image, size) if image.shape[:2] != tuple(size) else image
+    return tf.image.resize(image, size, method=interpolation) if image.shape[:2] != tuple(size) else image
 
 
 def with_one_hot(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
@@ -613,9 +614,13 @@ def eval_pipeline(
     image_size: tuple[int, int],
     fixed_size: bool,
     crop_fraction: float | None = None,
+    interpolation: str = "bilinear",
 ) -> tf.data.Dataset:
     if not fixed_size or crop_fraction:
-        ds = ds.map(lambda x, y: (resize_eval(x, image_size, crop_fraction), y), num_parallel_calls=PARALLEL_CALLS)
+        ds = ds.map(
+            lambda x, y: (resize_eval(x, image_size, crop_fraction, interpolation), y),
+            num_parallel_calls=PARALLEL_CALLS,
+        )
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=PARALLEL_CALLS)
     return prefetched(ds.batch(batch_size))

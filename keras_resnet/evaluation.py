@@ -112,36 +112,41 @@ def eval_crop(size: Sequence[int], configured: float | None = None) -> float | N
 # -- the one preprocessing ---------------------------------------------------------------------
 
 
-def preprocess(image, size: Sequence[int], crop: float | None) -> tf.Tensor:
+def preprocess(image, size: Sequence[int], crop: float | None, interpolation: str = "bilinear") -> tf.Tensor:
     """Decoded image (uint8 HxWxC, any size) -> float32 model input (`size` + C, RGB pixels
     in [0, 255]). Eager or traced (tf.data, SavedModel signatures) give the same numbers."""
     image = tf.convert_to_tensor(image)
     height, width = (int(s) for s in size)
-    return tf.ensure_shape(data_lib.resize_eval(image, (height, width), crop), [height, width, image.shape[-1] or 3])
+    resized = data_lib.resize_eval(image, (height, width), crop, interpolation)
+    return tf.ensure_shape(resized, [height, width, image.shape[-1] or 3])
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """`preprocess` with a model's size and a run's crop bound; callable on one image."""
+    """`preprocess` with a model's size and its run's crop and interpolation bound; callable
+    on one image."""
 
     size: tuple[int, int]
     crop: float | None
     channels: int = 3
+    interpolation: str = "bilinear"
 
     def __call__(self, image) -> tf.Tensor:
-        return preprocess(image, self.size, self.crop)
+        return preprocess(image, self.size, self.crop, self.interpolation)
 
     def describe(self) -> dict:
-        return {"image_size": list(self.size), "crop_fraction": self.crop}
+        return {"image_size": list(self.size), "crop_fraction": self.crop, "interpolation": self.interpolation}
 
 
 def preprocessing_for(
     model: keras.Model, model_path: str | os.PathLike | None = None, context: dict | None = None
 ) -> Preprocessing:
-    """The preprocessing of `model`: its input size and its run's eval crop."""
+    """The preprocessing of `model`: its input size, its run's eval crop, and the resize its
+    weights' record names (bilinear where there is none)."""
     layout = Layout(model)
     context = runfolder.context(model_path) if context is None else context
-    return Preprocessing(layout.size, eval_crop(layout.size, context.get("crop")), layout.channels)
+    crop = eval_crop(layout.size, context.get("crop"))
+    return Preprocessing(layout.size, crop, layout.channels, context.get("interpolation") or "bilinear")
 
 
 def decode_file(path: str | os.PathLike, channels: int = 3) -> np.ndarray:

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet import evaluation, files, parity, runfolder, saving
+from keras_resnet import converters, evaluation, files, parity, runfolder, saving
 from keras_resnet.errors import ExportError, ModelError
 
 FORMATS = ("saved_model", "tflite", "keras", "weights", "onnx")
@@ -139,14 +139,14 @@ class Options:
 
 
 def _verification_sample(
-    layout: _Layout, options: Options, context: dict, crop: float | None, log: Callable[[str], None]
+    layout: _Layout, options: Options, context: dict, prep: evaluation.Preprocessing, log: Callable[[str], None]
 ) -> parity.Sample:
     """Real images when there are any (`verify_data`, the run folder's evaluation data, the
     calibration data's evaluation split); a synthetic batch for float32 artifacts only."""
     verify_data, data_dir, count = options.verify_data, options.data_dir, options.verify_samples
     calibration_data, quantize = options.calibration_data, options.quantize
     if verify_data:
-        return parity.load_sample(verify_data, size=layout.size, crop=crop, count=count, data_dir=data_dir)
+        return parity.load_sample(verify_data, prep=prep, count=count, data_dir=data_dir)
     for data, where in (
         (context.get("data"), "the run folder's evaluation data"),
         (calibration_data, "the calibration data's evaluation split"),
@@ -154,9 +154,7 @@ def _verification_sample(
         found = _available(data, context.get("data_dir") or data_dir, context.get("folder"))
         if found:
             log(f"Verifying on {where}: {found}")
-            return parity.load_sample(
-                found, size=layout.size, crop=crop, count=count, data_dir=context.get("data_dir") or data_dir
-            )
+            return parity.load_sample(found, prep=prep, count=count, data_dir=context.get("data_dir") or data_dir)
     if quantize != "none":
         # Quantization changes the numbers by design, so max |Δp| has no fixed bound: top-1
         # agreement on real images is what tells a good file from a broken one. On synthetic
@@ -275,7 +273,9 @@ def _version_target(base: Path, name: str, version: int | None) -> Path:
 # -- SavedModel --------------------------------------------------------------------------------
 
 
-def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[str] | None, crop: float | None):
+def _serving_archive(
+    model: keras.Model, layout: _Layout, class_names: Sequence[str] | None, prep: evaluation.Preprocessing
+):
     """A Keras `ExportArchive` with the tensor, image-bytes and tf.Example signatures."""
     height, width = layout.size
     channels, top_k = layout.channels, min(5, layout.num_classes)
@@ -296,7 +296,7 @@ def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[
             [tf.debugging.Assert(known, ["image_bytes: an input is not a JPEG or PNG file (first bytes:", header, ")"])]
         ):
             image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-        return evaluation.preprocess(image, layout.size, crop)
+        return prep(image)
 
     def decode_batch(encoded):
         return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
@@ -337,10 +337,10 @@ def _serving_archive(model: keras.Model, layout: _Layout, class_names: Sequence[
     return archive
 
 
-def _export_saved_model(model, layout, target: Path, *, class_names, crop, sample, reference, log) -> dict:
+def _export_saved_model(model, layout, target: Path, *, class_names, prep, sample, reference, log) -> dict:
     tmp = _temporary_dir(target.parent)
     try:
-        archive = _serving_archive(model, layout, class_names, crop)
+        archive = _serving_archive(model, layout, class_names, prep)
         archive.write_out(str(tmp / "saved_model"), verbose=False)
         rows = parity.saved_model_rows(
             tmp / "saved_model", sample, reference, {"bytes": BYTES_SIGNATURE, "example": EXAMPLE_SIGNATURE}
@@ -446,7 +446,8 @@ def export(
     beside a `.keras` path, else the calibration data's evaluation split, else (float32
     artifacts only) a synthetic batch; a quantized file without real images is refused
     before anything is written. Images are preprocessed by `evaluation.preprocess` with the
-    run's eval crop, as the `serving_bytes` and `tf_example` signatures do.
+    run's eval crop and its weight record's interpolation, as the `serving_bytes` and
+    `tf_example` signatures do.
 
     `overwrite` replaces an existing file in one atomic `os.replace`. A SavedModel version
     is never replaced: an existing `version` is refused (publish the next one).
@@ -475,26 +476,26 @@ def export(
     if class_names and len(class_names) != layout.num_classes:
         raise ExportError(f"{len(class_names)} class names for a model with {layout.num_classes} classes.")
     try:
-        crop = evaluation.eval_crop(layout.size, context.get("crop"))
+        prep = evaluation.preprocessing_for(model, context=context)
     except ModelError as err:
         raise ExportError(str(err)) from None
     target = _version_target(options.output, name or model.name, version) if format == "saved_model" else None
-    sample = _verification_sample(layout, options, context, crop, log)
+    sample = _verification_sample(layout, options, context, prep, log)
     reference = parity.in_batches(_keras_runner(model, layout), sample.images)
     if target is not None:
         result = _export_saved_model(
-            model, layout, target, class_names=class_names, crop=crop, sample=sample, reference=reference, log=log
+            model, layout, target, class_names=class_names, prep=prep, sample=sample, reference=reference, log=log
         )
         log(f"Wrote {target}")
         return result
-    return _export_file(model, layout, options, crop, (sample, reference), log)
+    return _export_file(model, layout, options, prep, (sample, reference), log)
 
 
 def _export_file(
     model: keras.Model,
     layout: _Layout,
     options: Options,
-    crop: float | None,
+    prep: evaluation.Preprocessing,
     verification: tuple[parity.Sample, np.ndarray],
     log: Callable[[str], None],
 ) -> dict:
@@ -506,8 +507,7 @@ def _export_file(
     if quantize == "int8":
         calibration = parity.load_sample(
             cast(str, options.calibration_data),  # int8 always has it (Options.check)
-            size=layout.size,
-            crop=crop,
+            prep=prep,
             count=options.calibration_steps,
             data_dir=options.data_dir,
             split="train",
@@ -550,7 +550,7 @@ def _write_artifact(
         model.save(artifact)
         return _keras_runner(load_model(artifact), layout), "keras", "float32"
     if options.format == "weights":
-        model.save_weights(artifact)
+        converters.save_weights(model, artifact)  # with the architecture, checked when it loads
         clone = model.__class__.from_config(model.get_config())
         clone.load_weights(artifact)
         return _keras_runner(clone, layout), "weights", "float32"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import keras
 
-from keras_resnet import registry
+from keras_resnet import architecture, registry
 from keras_resnet.builder import build
 from keras_resnet.config import RunConfig
 from keras_resnet.layers import l2
@@ -171,38 +171,6 @@ def recast(
     return copy
 
 
-# Layer settings that are not the function a layer computes: names, flags, precision, and
-# what only training or initialization reads.
-_NOT_ARCHITECTURE = (
-    "name",
-    "trainable",
-    "dtype",
-    "frozen",
-    "weight_decay",
-    "bn_weight_decay",
-    "kernel_regularizer",
-    "bias_regularizer",
-    "gamma_regularizer",
-    "beta_regularizer",
-    "drop_path_rate",
-    "bn_momentum",
-    "momentum",
-    "zero_init_residual",
-    "kernel_initializer",
-    "gamma_initializer",
-    "synchronized",
-)
-
-
-def _architecture(model: keras.Model, skip: Sequence[str]) -> dict[str, dict]:
-    """{layer name: the config of what it computes} of `model`'s own layers that hold weights."""
-    return {
-        layer.name: {k: v for k, v in layer.get_config().items() if k not in _NOT_ARCHITECTURE}
-        for layer in model.layers
-        if layer.name not in skip and layer.weights
-    }
-
-
 def copy_weights(
     source: keras.Model, target: keras.Model, *, origin: str | Path = "", skip: Sequence[str] = (HEAD,)
 ) -> None:
@@ -213,23 +181,10 @@ def copy_weights(
     every check passes."""
     where = origin or source.name
     fix = f"build the architecture of the pretrained model ({source.name}) or fine-tune it from its .keras file"
-    theirs, ours = _architecture(source, skip), _architecture(target, skip)
-    for name in sorted(set(theirs) | set(ours), key=lambda n: (n not in ours, n)):
-        if theirs.get(name) != ours.get(name):
-            mine, other = ours.get(name), theirs.get(name)
-            diff = (
-                "is not in the pretrained model"
-                if other is None
-                else "is not in this model"
-                if mine is None
-                else "differs in "
-                + ", ".join(
-                    f"{k} ({other.get(k)!r} there, {mine.get(k)!r} here)"
-                    for k in sorted(set(mine) | set(other))
-                    if mine.get(k) != other.get(k)
-                )
-            )
-            raise ValueError(f"The pretrained model {where} does not match: layer {name!r} {diff}; {fix}.")
+    theirs, ours = architecture.describe(source, skip), architecture.describe(target, skip)
+    diff = architecture.difference(theirs, ours, source="the pretrained model")
+    if diff:
+        raise ValueError(f"The pretrained model {where} does not match: {diff}; {fix}.")
     by_path = {v.path: v for v in source.weights if v.path.split("/")[0] not in skip}
     pairs = []
     for v in target.weights:

@@ -60,6 +60,11 @@ class ResNetModel(keras.Model):
         converters.load(self, checkpoint)
 
 
+# Legacy `.h5` full-model files (`model.save("x.h5")`, as keras-retinanet saves snapshots) name
+# the model class without the package prefix `register` keys it by: register that name too.
+keras.saving.get_custom_objects().setdefault("ResNetModel", ResNetModel)
+
+
 def stem_of(model: keras.Model) -> dict[str, str]:
     """The padding of the stem's conv1 and pool1 as `converters.Checkpoint.stem` names it."""
     names = {layer.name: layer for layer in model.layers}
@@ -77,15 +82,25 @@ def ResNet(
     freeze_bn: bool = False,
     name: str | None = None,
     weights: str | os.PathLike | None = None,
+    trainable_bn: bool | None = None,
+    numerical_names=None,
     **kwargs,
 ) -> keras.Model:
     """A v1 ResNet on `inputs` with `blocks` repeats per stage of `block` ("basic"/"bottleneck").
 
     `weights`: a keras-resnet 0.1/0.2 or keras-retinanet `.h5` file, a keras.applications
-    v1 file, or a `.weights.h5` of this model.
+    v1 file, or a `.weights.h5` of this model. The old callers' keywords are accepted:
+    `trainable_bn=False` (keras-retinanet's) is `freeze_bn=True`; `numerical_names` chose the
+    old package's layer names ("res4b1" or "res4b") and has nothing to choose here, where
+    layers are named as keras.applications names them.
     """
     if block not in specs.BLOCK_TYPES:
         raise ValueError(f"block must be one of {specs.BLOCK_TYPES}, got {block!r}.")
+    if trainable_bn is not None:
+        if freeze_bn and trainable_bn:
+            raise ValueError("freeze_bn=True and trainable_bn=True contradict each other; pass one of them.")
+        freeze_bn = not trainable_bn
+    del numerical_names  # the old package's naming choice; see the docstring
     checkpoint = converters.read(weights) if weights is not None else None
     if checkpoint is not None and checkpoint.bn_epsilon:
         kwargs.setdefault("bn_epsilon", checkpoint.bn_epsilon)

@@ -46,15 +46,14 @@ class Sample:
 def load_sample(
     data: str,
     *,
-    size: tuple[int, int],
-    crop: float | None,
+    prep: evaluation.Preprocessing,
     count: int,
     data_dir: str | None = None,
     split: str = "test",
     seed: int = 0,
 ) -> Sample:
     """A seeded class-balanced sample of `count` images of a folder or TFDS dataset's
-    `split` ("test": its evaluation split; "train": for calibration)."""
+    `split` ("test": its evaluation split; "train": for calibration), preprocessed by `prep`."""
     if split == "train":
         splits = data_lib.load(data, data_dir=data_dir, max_train_samples=count, max_eval_samples=1, seed=seed)
         ds = cast("tf.data.Dataset", splits.train)
@@ -67,7 +66,7 @@ def load_sample(
         labels.append(int(label))
     if not raw:
         raise data_lib.DataError(f"No images in the {split} split of {data}.")
-    images = np.stack([evaluation.preprocess(tf.constant(r), size, crop).numpy() for r in raw])
+    images = np.stack([prep(tf.constant(r)).numpy() for r in raw])
     return Sample(raw, images, np.asarray(labels), f"{splits.source} ({split}, {len(raw)} images)")
 
 

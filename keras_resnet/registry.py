@@ -14,6 +14,10 @@ Sources of the numbers below (read, never downloaded):
   where given), interpolation, license; top-1 from `results/results-imagenet.csv` at that
   eval size. timm's files are safetensors on the Hugging Face hub, whose SHA-256 is not
   published in either source: those records carry no hash and load as unverified.
+- akamaster/pytorch_resnet_cifar10 (BSD-2-Clause): the CIFAR-10 ResNet-20...1202 of He et
+  al. 2016 (option A), `.th` files named with the first 8 hex digits of their SHA-256
+  (torch.hub's `check_hash` convention); inputs are pixels / 255 normalized with
+  ImageNet's mean and std; top-1 = 100 - the test error its README reports.
 - keras.applications (keras/src/applications/resnet.py): URLs and MD5s; top-1 from the
   table at keras.io/api/applications. Keras states no eval crop: 0.875 (resize 256,
   crop 224) is the protocol of the Caffe models the v1 files were ported from. The
@@ -61,8 +65,10 @@ class WeightRecord:
     digits), a SHA-256 (64) or a SHA-256 prefix (the digits torchvision and timm put in
     their file names), or None where no hash is published.
     `preprocessing` is a `keras_resnet.preprocess_input` mode; `crop_pct` is the eval
-    center-crop fraction (resize to eval_size / crop_pct, crop eval_size); `top1` is the
-    ImageNet-1K top-1 (%) the publisher reports at `eval_size`.
+    center-crop fraction (resize to eval_size / crop_pct, crop eval_size); `interpolation`
+    the resize the publisher's top-1 was measured with; `top1` is the top-1 (%) on `dataset`
+    the publisher reports at `eval_size`. `class_names`: the classes of the classifier, where
+    the record knows them (ImageNet's 1,000 are not repeated here).
     """
 
     name: str
@@ -81,6 +87,13 @@ class WeightRecord:
     notop_url: str | None = None  # keras.applications: a second file without the classifier
     notop_hash: str | None = None
     num_classes: int = 1000
+    dataset: str = "ImageNet-1K"
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def needs_torch(self) -> bool:
+        """Whether reading the file needs PyTorch (a torch.save file; safetensors and HDF5 do not)."""
+        return self.file_format == "pth"
 
     @property
     def model(self) -> str:
@@ -194,6 +207,40 @@ def _keras(depth: int, v2: bool, top1: float, md5_top: str, md5_notop: str) -> W
     )
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+
+
+# The whole SHA-256 of the files we read from the repository's history (2026-12-06); the
+# others are checked by the 8 digits of their names.
+_AKAMASTER_SHA256 = {
+    20: "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8",
+    32: "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850",
+    44: "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4",
+    56: "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+}
+
+
+def _akamaster(depth: int, file: str, error: float) -> WeightRecord:
+    """One of akamaster/pytorch_resnet_cifar10's CIFAR-10 ResNets (test error from its README)."""
+    return WeightRecord(
+        f"resnet{depth}_cifar.akamaster_cifar10",
+        _AKAMASTER + file,
+        _AKAMASTER_SHA256.get(depth) or file.rsplit("-", 1)[1].split(".")[0],
+        "pth",
+        "akamaster/pytorch_resnet_cifar10",
+        round(100 - error, 2),
+        f"akamaster/pytorch_resnet_cifar10 README (test error {error} %)",
+        "BSD-2-Clause",
+        train_size=32,
+        eval_size=32,
+        crop_pct=1.0,
+        num_classes=10,
+        dataset="CIFAR-10",
+        class_names=CIFAR10_CLASSES,
+    )
+
+
 WEIGHTS: dict[str, WeightRecord] = {
     w.name: w
     for w in (
@@ -281,8 +328,20 @@ WEIGHTS: dict[str, WeightRecord] = {
         _keras(50, True, 76.0, "3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
         _keras(101, True, 77.2, "6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
         _keras(152, True, 78.0, "a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
+        _akamaster(20, "resnet20-12fca82f.th", 8.27),
+        _akamaster(32, "resnet32-d509ac18.th", 7.37),
+        _akamaster(44, "resnet44-014dd654.th", 6.90),
+        _akamaster(56, "resnet56-4bfd9763.th", 6.61),
+        _akamaster(110, "resnet110-1d1ed7c2.th", 6.32),
+        _akamaster(1202, "resnet1202-f3b1deed.th", 6.18),
     )
 }
+
+
+def interpolation_for(weights: str | None) -> str:
+    """The resize a weight record's top-1 was measured with; "bilinear" for anything else."""
+    record = WEIGHTS.get(weights or "")
+    return record.interpolation if record is not None else "bilinear"
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -299,29 +358,35 @@ def list_weights(pattern: str = "*") -> list[str]:
 
 def table(pattern: str = "*", fmt: str = "text") -> str:
     """The published weights matching `pattern` as a table: "text", "json" or "markdown"
-    (markdown: the short table in docs/models.md: name, source, top-1, resolution, license)."""
+    (markdown: the short table in docs/models.md: name, source, data, top-1, resolution, whether it
+    needs PyTorch, license)."""
     records = [WEIGHTS[name] for name in list_weights(pattern)]
     if not records:
         raise ValueError(f"No weights match {pattern!r}; `keras-resnet weights` lists them all.")
     if fmt == "json":
         return dumps([dataclasses.asdict(r) for r in records], indent=2)
-    header = ("weights", "source", "top-1 %", "train / eval px", "eval crop", "hash", "license")
+    header = ("weights", "source", "data", "top-1 %", "train / eval px", "eval crop", "hash", "needs", "license")
     rows = [
         (
             r.name,
             r.source,
+            r.dataset,
             f"{r.top1:.2f}",
             f"{r.train_size} / {r.eval_size}",
             f"{r.crop_pct:g}",
             ("md5" if len(r.file_hash) == 32 else "sha256") if r.file_hash else "none",
+            "PyTorch" if r.needs_torch else "-",
             r.license,
         )
         for r in records
     ]
     if fmt == "markdown":
         return "\n".join(
-            ["| weights | source | top-1 % | train / eval px | license |", "|---|---|---:|---:|---|"]
-            + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[6]} |" for r in rows]
+            [
+                "| weights | source | data | top-1 % | train / eval px | needs | license |",
+                "|---|---|---|---:|---:|---|---|",
+            ]
+            + [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[7]} | {r[8]} |" for r in rows]
         )
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows))

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from keras_resnet import files, plan, recipes
+from keras_resnet import files, plan, recipes, registry
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import RunError
 
@@ -45,7 +45,8 @@ def read_metrics(folder: Path) -> dict:
 
 
 def context(model_path: str | os.PathLike | None) -> dict:
-    """What the run folder beside a `train` model records: data, eval crop, class names.
+    """What the run folder beside a `train` model records: data, eval crop, class names, and
+    the interpolation of the weight record it was fine-tuned from.
 
     `crop` is the run's `data.eval_crop_fraction` (0.0: none) when the folder has a
     config.json, else None (no run configuration known)."""
@@ -59,6 +60,7 @@ def context(model_path: str | os.PathLike | None) -> dict:
         "data_dir": data.get("data_dir") or None,
         "crop": float(data.get("eval_crop_fraction") or 0.0) if config is not None else None,
         "class_names": read_metrics(folder).get("class_names"),
+        "interpolation": registry.interpolation_for((config or {}).get("model", {}).get("weights")),
         "folder": folder,
     }
 

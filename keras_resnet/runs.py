@@ -16,7 +16,7 @@ from typing import Any
 
 import keras
 
-from keras_resnet import distribute, files
+from keras_resnet import architecture, distribute, files
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import RunError
 from keras_resnet.runfolder import RESUME_GROUP, checkpoints, damaged, position, read_config, read_metrics, state
@@ -225,6 +225,7 @@ class CrashSafeCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "") + ".weights.h5"
         tmp = self.folder / f"tmp-{name}"
         self.model.save_weights(tmp)
+        architecture.mark(tmp, self.model)
         import h5py
 
         with h5py.File(tmp, "a") as f:

@@ -182,6 +182,13 @@ def _check_file(
             "does, unlike build(): load it with keras_resnet.models.ResNet50(inputs, weights=path) "
             "(or ResNet101/152), which builds that stem."
         )
+    if checkpoint.layout == "torch" and checkpoint.torch_head == "linear":  # a CIFAR ResNet's state dict
+        if variant not in (None, "cifar"):
+            raise ValueError(
+                f"{path!r} is a CIFAR ResNet's state dict (akamaster/pytorch_resnet_cifar10's layout), which holds "
+                f"variant='cifar' networks, not variant={variant!r}."
+            )
+        return "cifar"
     if checkpoint.layout == "torch" and variant not in (None, "v1.5", "v1d"):
         raise ValueError(
             f"{path!r} is a torchvision/timm state dict, which holds v1.5 or ResNet-D (v1d) "
@@ -246,11 +253,16 @@ def _check_inputs(
 
 def _check_readable(record: registry.WeightRecord) -> None:
     """A .pth record needs PyTorch: say so before downloading it."""
-    if record.file_format == "pth" and importlib.util.find_spec("torch") is None:
+    if record.needs_torch and importlib.util.find_spec("torch") is None:
+        instead = (
+            f"; or download timm's safetensors copy (no published hash), {record.safetensors_url}, and pass its path"
+            if record.source in ("torchvision", "timm")
+            else ""
+        )
+        suffix = record.url.rsplit(".", 1)[-1]
         raise ImportError(
-            f"weights={record.name!r} is a PyTorch .pth file, which needs PyTorch: pip install "
-            f"'keras-resnet-family[torch]'; or download timm's safetensors copy (no published hash), "
-            f"{record.safetensors_url}, and pass its path."
+            f"weights={record.name!r} is a PyTorch .{suffix} file, which needs PyTorch: pip install "
+            f"'keras-resnet-family[torch]'{instead}."
         )
 
 

@@ -136,7 +136,7 @@ def test_evaluate_honours_the_run_eval_crop_fraction(crop_run, large_folder, mod
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["num_images"] == len(files) == 30
-    assert report["preprocessing"] == {"image_size": [32, 32], "crop_fraction": CROP}
+    assert report["preprocessing"] == {"image_size": [32, 32], "crop_fraction": CROP, "interpolation": "bilinear"}
     assert report["loss"] == pytest.approx(loss, rel=1e-5) and report["accuracy"] == pytest.approx(accuracy)
 
     # the same model outside a run folder: no configuration, and 32 px is below the 128 px
@@ -145,7 +145,7 @@ def test_evaluate_honours_the_run_eval_crop_fraction(crop_run, large_folder, mod
     bare.mkdir()
     shutil.copy(crop_run / "model.keras", bare / "model.keras")
     plain = evaluation.evaluate(bare / "model.keras", str(large_folder), batch_size=7)
-    assert plain["preprocessing"] == {"image_size": [32, 32], "crop_fraction": None}
+    assert plain["preprocessing"] == {"image_size": [32, 32], "crop_fraction": None, "interpolation": "bilinear"}
     assert plain["loss"] == pytest.approx(squashed_loss, rel=1e-5)
 
 

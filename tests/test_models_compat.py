@@ -39,3 +39,28 @@ def test_custom_objects_and_freezable_bn():
     x = keras_resnet.layers.BatchNormalization(freeze=True, axis=3)(inputs)
     model = keras.Model(inputs, x)
     assert not model.trainable_weights
+
+
+def test_keras_retinanets_own_keywords_are_accepted():
+    """keras-retinanet builds `ResNet50(inputs, include_top=False, trainable_bn=False)`."""
+    inputs = keras.layers.Input(shape=(None, None, 3))
+    resnet = keras_resnet.models.ResNet50(inputs, include_top=False, trainable_bn=False, numerical_names=[False] * 4)
+    bns = [l for l in resnet._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and not any(bn.trainable for bn in bns)
+    trainable = keras_resnet.models.ResNet18(keras.layers.Input((32, 32, 3)), include_top=False, trainable_bn=True)
+    assert all(bn.trainable for bn in trainable._flatten_layers() if isinstance(bn, keras.layers.BatchNormalization))
+
+
+def test_a_legacy_h5_full_model_save_loads_again_with_its_frozen_layers(tmp_path):
+    """keras-retinanet saves snapshots with `model.save("x.h5")`; they load without custom
+    objects, frozen layers and `freeze_bn` kept, the outputs the same."""
+    model = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3)), include_top=False, freeze_bn=True)
+    model.get_layer("conv2_block1").trainable = False
+    model.save(tmp_path / "snapshot.h5")
+    loaded = keras.models.load_model(tmp_path / "snapshot.h5")
+    assert type(loaded).__name__ == "ResNetModel" and not loaded.get_layer("conv2_block1").trainable
+    bns = [l for l in loaded._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and not any(bn.trainable for bn in bns)
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    for a, b in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from keras_resnet import augment as augment_lib
-from keras_resnet import backends, pydata
+from keras_resnet import backends, pydata, registry
 from keras_resnet import data as data_lib
 from keras_resnet.config import RunConfig
 from keras_resnet.errors import DataError, RecipeError
@@ -138,6 +138,7 @@ def feed(config: RunConfig, data: Data, extra_augment_layers: Sequence[Callable]
             image_size=image_size,
             fixed_size=splits.image_size == image_size,
             crop_fraction=config.data.eval_crop_fraction or None,
+            interpolation=registry.interpolation_for(config.model.weights),
         )
     if isinstance(splits.train, pydata.Arrays) or on_device:
         return Feed(eval_batches, _NumpyBatches(config, data, on_device), on_device, "NumPy")
