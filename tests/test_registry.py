@@ -39,7 +39,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def published():
     require_references()
-    names = [n for n, w in registry.WEIGHTS.items() if w.source != "keras.applications"]
+    names = [n for n, w in registry.WEIGHTS.items() if w.source in ("torchvision", "timm")]
     result = run_python(f"import sys; sys.argv = ['p', {json.dumps(names)!r}]\n" + PUBLISHED_SCRIPT)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -54,7 +54,7 @@ def test_the_names_people_use_are_models_and_every_record_names_one():
     assert all(record.model in registry.MODELS for record in registry.WEIGHTS.values())
     assert kr.list_weights("resnet50") == ["resnet50.a1_in1k", "resnet50.a1h_in1k", "resnet50.tv2_in1k",
                                            "resnet50.tv_in1k"]
-    assert kr.list_weights("resnet20_cifar") == []
+    assert kr.list_weights("resnet20_cifar") == ["resnet20_cifar.akamaster_cifar10"]
     resnext = kr.build("resnext50_32x4d")
     assert sum(int(np.prod(w.shape)) for w in resnext.trainable_weights) == 25_028_904  # torchvision's count
     assert kr.build("resnet50").name == "resnet50" and kr.build(50).name == "resnet50_v1.5"
@@ -80,7 +80,7 @@ def test_timm_records_are_timms_own(published):
     # pytorch/vision#5935 trained it with --train-crop-size=176; timm's config says 224.
     train_sizes = {"resnext101_64x4d.tv_in1k": 176}
     for name, record in registry.WEIGHTS.items():
-        if record.source == "keras.applications":
+        if record.source not in ("torchvision", "timm"):
             continue
         cfg = published[name]["timm"]
         eval_size = (cfg["test_input_size"] or cfg["input_size"])[-1]
@@ -134,10 +134,10 @@ def test_preprocess_input_takes_the_records_normalization(cifar_images):
 def test_weights_command_prints_the_table(capsys):
     assert cli.main(["weights", "seresnet50"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["weights", "source", "top-1", "%", "train", "/", "eval", "px", "eval", "crop",
-                                "hash", "license"]
-    assert [line.split()[:3] for line in lines[1:]] == [["seresnet50.a1_in1k", "timm", "81.11"],
-                                                        ["seresnet50.ra2_in1k", "timm", "81.29"]]
+    assert lines[0].split() == ["weights", "source", "data", "top-1", "%", "train", "/", "eval", "px", "eval", "crop",
+                                "hash", "needs", "license"]
+    assert [line.split()[:4] for line in lines[1:]] == [["seresnet50.a1_in1k", "timm", "ImageNet-1K", "81.11"],
+                                                        ["seresnet50.ra2_in1k", "timm", "ImageNet-1K", "81.29"]]
     assert cli.main(["weights", "resnet50.tv*", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["resnet50.tv2_in1k", "resnet50.tv_in1k"] and rows[0]["top1"] == 80.858
