@@ -5,10 +5,14 @@ Each file found in FILES (as its record names it) is loaded by its record name t
 `KERAS_RESNET_WEIGHTS_URL=file://FILES` (so its hash is checked as a download's would be),
 built with the record's preprocessing inside (`include_preprocessing=True`), saved as
 .keras and scored by `keras-resnet evaluate` (no crop, bilinear: the images are 32 px).
-Records whose file is not in FILES are listed as not obtained. Writes one JSON file.
+Records whose file is not in FILES are listed as not obtained. With `--export-to DIR`, the
+deepest model evaluated is also exported as an int8 TFLite file (calibrated on 200 training
+images) and a TF Serving SavedModel (with CIFAR-10's class names), each verified on 500
+test images by the package's parity check; their reports go into the JSON. Writes one
+JSON file.
 
     python benchmarks/akamaster_cifar10.py --files DIR --data-dir ../shared/datasets/tensorflow_datasets \
-        --out benchmarks/akamaster_cifar10_2026-12-06.json
+        --export-to /tmp/akamaster-export --out benchmarks/akamaster_cifar10_2026-12-06.json
 """
 
 import argparse
@@ -43,11 +47,25 @@ def evaluate(model_path: Path, data_dir: str) -> dict:
     return json.loads(result.stdout)
 
 
+def export(record, model_path: Path, folder: str, data_dir: str) -> dict:
+    """int8 TFLite and SavedModel exports of `model_path`, each with its parity report."""
+    import keras_resnet
+
+    out = Path(folder)
+    common = {"verify_data": "cifar10", "data_dir": data_dir, "log": lambda line: print(line, file=sys.stderr)}
+    tflite = keras_resnet.export(model_path, "tflite", out / f"{record.model}-int8.tflite", quantize="int8",
+                                 calibration_data="cifar10", overwrite=True, **common)
+    serving = keras_resnet.export(model_path, "saved_model", out / "serving", name=record.model,
+                                  class_names=list(record.class_names), **common)
+    return {"weights": record.name, "tflite_int8": tflite, "saved_model": serving}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", required=True, help="a folder holding the .th files")
     parser.add_argument("--data-dir", required=True, help="TFDS data_dir with cifar10")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--export-to", help="a folder for the exported artifacts (default: no export)")
     args = parser.parse_args()
     os.environ["KERAS_RESNET_WEIGHTS_URL"] = Path(args.files).resolve().as_uri()
     import keras_resnet
@@ -71,11 +89,13 @@ def main() -> None:
                          "loss": round(scores["loss"], 4), "images": scores["num_images"], "data": scores["data"],
                          "difference": round(top1 - record.top1, 2), "preprocessing": scores["preprocessing"]})
             print(json.dumps(rows[-1]), flush=True)
+            deepest = (record, path)
+        exports = export(*deepest, args.export_to, args.data_dir) if args.export_to else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     report = {"what": "akamaster/pytorch_resnet_cifar10's files, loaded by keras_resnet and evaluated on the "
                       "CIFAR-10 test split (TFDS cifar10, 10,000 images)",
               "date": datetime.date.today().isoformat(), "commit": commit.strip(), "cpu": cpu_model(),
-              "command": " ".join(sys.argv), "rows": rows}
+              "command": " ".join(sys.argv), "rows": rows, "exports": exports}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
