@@ -9,6 +9,7 @@ uninterrupted run's; elsewhere other CPU kernels may round differently, so the c
 allows float noise."""
 
 import json
+import os
 import shutil
 
 import keras
@@ -39,3 +40,22 @@ def test_a_run_folder_written_before_the_restructure_resumes_to_its_uninterrupte
                 for a, b in zip(before.weights, after.weights))
     assert worst < 1e-4, f"the resumed weights differ from the uninterrupted run's by up to {worst}"
     assert json.loads((folder / "config.json").read_text()) == json.loads((FIXTURE / "config.json").read_text())
+
+
+def test_every_shipped_recipe_resolves_to_the_config_json_written_before_the_restructure():
+    """tests/data/recipes-40c3f6c.json: what that commit's `recipes.resolve` gave for each
+    shipped recipe (finetune with the flags recorded there), resolved from the repository
+    root."""
+    from keras_resnet import recipes
+
+    before = json.loads((ROOT / "tests" / "data" / "recipes-40c3f6c.json").read_text())
+    assert sorted(before["configs"]) == sorted(recipes.available())
+    for name, config in before["configs"].items():
+        flags = before["flags"].get(name, {})
+        cwd = os.getcwd()
+        try:
+            os.chdir(ROOT)  # the recorded data path is relative to the repository root
+            now = recipes.resolve(name, **flags).to_dict()
+        finally:
+            os.chdir(cwd)
+        assert now == config, name
