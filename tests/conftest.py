@@ -26,9 +26,20 @@ SLOWEST_FILES = ("test_train_backends.py", "test_converters.py", "test_training.
                  "test_export.py", "test_resume.py")
 
 
+# Files whose tests train, build PyTorch references, export or start processes of their own:
+# `pytest -m "not slow"` leaves them out for a quick inner loop (CONTRIBUTING.md).
+SLOW_FILES = (*SLOWEST_FILES, "test_finetune.py", "test_finetune_backbone.py", "test_distribute.py",
+              "test_without_tensorflow.py", "test_robustness.py", "test_evaluation.py", "test_examples.py",
+              "test_cifar_weights.py", "test_run_format.py", "test_registry.py", "test_cli.py", "test_cli_paths.py",
+              "test_bad_input.py", "test_data.py")
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
