@@ -1,5 +1,17 @@
 """keras_resnet: the ResNet family for Keras 3. Public API, re-exported."""
 
+try:  # Keras imports the framework of its backend (KERAS_BACKEND, default tensorflow) at once
+    import keras as _keras  # noqa: F401
+except ModuleNotFoundError as _missing:
+    if _missing.name not in ("tensorflow", "jax", "jaxlib", "torch"):
+        raise
+    _extra = {"jaxlib": "jax"}.get(_missing.name, _missing.name)
+    raise ImportError(
+        f"keras_resnet runs on Keras, whose backend here is {_extra}, which is not installed: "
+        f"pip install 'keras-resnet-family[{_extra}]', or install another backend's extra ([tensorflow], [jax] "
+        "or [torch]) and set KERAS_BACKEND to it."
+    ) from None
+
 from keras_resnet import layers, models, registry
 from keras_resnet.builder import build, build_from_spec
 from keras_resnet.converters import save_weights as save_weights

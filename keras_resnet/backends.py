@@ -34,7 +34,7 @@ def require_tensorflow(feature: str, instead: str = "") -> None:
     if not has_tensorflow():
         raise BackendError(
             f"{feature} needs TensorFlow, which is not installed here: "
-            f"pip install tensorflow{'; or ' + instead if instead else ''}."
+            f"pip install 'keras-resnet-family[tensorflow]'{'; or ' + instead if instead else ''}."
         )
 
 

@@ -394,9 +394,9 @@ def require_tfds(data: str) -> None:
     """Refuse the TFDS dataset `data` where TensorFlow (which reads it) is not installed."""
     if tf is None:
         raise DataError(
-            f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed. "
-            "Convert it once where TensorFlow is (docs/training.md, 'Without TensorFlow') "
-            "and pass the .npz, or pass an image folder: --data FOLDER."
+            f"Reading the TFDS dataset {data!r} needs TensorFlow, which is not installed: pip install "
+            "'keras-resnet-family[tensorflow]'. Convert it once where TensorFlow is (docs/training.md, 'Without "
+            "TensorFlow') and pass the .npz, or pass an image folder: --data FOLDER."
         )
 
 

@@ -359,7 +359,8 @@ def test_the_readme_main_command_trains_on_the_original_cifar10_through_tfds(tmp
     its model on the same subset gives the run's own score, and on the whole test split
     reads all 10,000 images. Nothing is written into the shared data folder."""
     readme = (ROOT / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith("pip install . && keras-resnet train"))
+    command = next(line for line in readme.splitlines()
+                   if line.startswith('pip install ".[tensorflow]" && keras-resnet train'))
     args = command.split(" && keras-resnet ", 1)[1].split()
     assert args[:3] == ["train", "--recipe", "cifar10-fast"] and "--data-dir" in args
     data_dir = args[args.index("--data-dir") + 1]
