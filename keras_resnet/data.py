@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,9 +116,19 @@ def _list_split(split_dir: Path, class_names: list[str]) -> tuple[list[str], np.
     return paths, np.asarray(labels, np.int32), skipped
 
 
-def decode_file(path: str) -> np.ndarray:
-    """One JPEG/PNG file as a uint8 HxWx3 array (tf.errors on unreadable files)."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
+def decode_file(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """One JPEG/PNG file as a uint8 HxWxC array, decoded as the `serving_bytes` signature
+    decodes it: the package's one image decoder (`pydata.decode_files` is the same without
+    TensorFlow). A missing or unreadable file is a `DataError` that names it."""
+    try:
+        encoded = tf.io.read_file(str(path))
+        return tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
+    except tf.errors.NotFoundError:
+        raise DataError(f"Cannot read image {path}: no such file.") from None
+    except tf.errors.OpError as err:
+        first = (err.message or type(err).__name__).splitlines()[0]
+        first = re.sub(r"\s*\[Op:.*$", "", re.sub(r"\{\{[^}]*\}\}\s*", "", first)).rstrip(". ")
+        raise DataError(f"Cannot read image {path}: {first}. Pass JPEG or PNG files.") from None
 
 
 def _decode_all(paths: list[str]) -> tuple[list[np.ndarray | None], list[str]]:
@@ -128,7 +139,7 @@ def _decode_all(paths: list[str]) -> tuple[list[np.ndarray | None], list[str]]:
     def safe(path):
         try:
             return decode_file(path)
-        except (tf.errors.InvalidArgumentError, tf.errors.OpError):
+        except DataError:
             return None
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -149,19 +148,6 @@ def preprocessing_for(
     return Preprocessing(layout.size, crop, layout.channels, context.get("interpolation") or "bilinear")
 
 
-def decode_file(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
-    """One image file as uint8 HxWxC, decoded as the `serving_bytes` signature decodes."""
-    try:
-        encoded = tf.io.read_file(str(path))
-        return tf.io.decode_image(encoded, channels=channels, expand_animations=False).numpy()
-    except tf.errors.NotFoundError:
-        raise data_lib.DataError(f"Cannot read image {path}: no such file.") from None
-    except tf.errors.OpError as err:
-        first = (err.message or type(err).__name__).splitlines()[0]
-        first = re.sub(r"\s*\[Op:.*$", "", re.sub(r"\{\{[^}]*\}\}\s*", "", first)).rstrip(". ")
-        raise data_lib.DataError(f"Cannot read image {path}: {first}. Pass JPEG or PNG files.") from None
-
-
 # -- predict and evaluate ----------------------------------------------------------------------
 
 
@@ -186,7 +172,7 @@ def predict_files(
     context = runfolder.context(model_path)
     prep = preprocessing_for(model, context=context)
     names = class_names(model_path, layout.num_classes, context)
-    images = np.stack([prep(decode_file(p, layout.channels)).numpy() for p in paths])
+    images = np.stack([prep(data_lib.decode_file(p, layout.channels)).numpy() for p in paths])
     probs = layout.predict(model, images, batch_size)
     results = []
     for path, p in zip(paths, probs):
