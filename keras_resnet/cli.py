@@ -7,7 +7,7 @@ import os
 import sys
 
 from keras_resnet.files import dumps  # strict JSON, as every file the package writes
-from keras_resnet.recipes import DEFAULTS, FLAG_FIELDS
+from keras_resnet.flags import FLAG_FIELDS, FLAGS
 
 TRAIN_HELP = {
     "data": "TFDS name (cifar10, ...), a folder with train/ and test/ class folders, or an .npz",
@@ -53,12 +53,9 @@ def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train with model.fit into a run folder (resumes after a crash)")
     train.add_argument("--recipe", help="a shipped recipe (see `keras-resnet recipes`) or a .toml path")
     train.add_argument("--output", default=None, help="run folder (default: runs/<recipe>)")
-    for flag, (section, field) in FLAG_FIELDS.items():  # each sets one recipe field
-        kind = type(DEFAULTS[section][field])
+    for flag, (section, field, kind) in FLAGS.items():  # each sets one recipe field
         train.add_argument(
-            f"--{flag.replace('_', '-')}",
-            type=kind if kind in (int, float) else str,
-            help=TRAIN_HELP.get(flag, f"sets {section}.{field}"),
+            f"--{flag.replace('_', '-')}", type=kind, help=TRAIN_HELP.get(flag, f"sets {section}.{field}")
         )
     train.add_argument(
         "--set",

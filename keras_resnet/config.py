@@ -51,18 +51,15 @@ def _build_default(name: str) -> Any:
     return UNSET[name] if default is None else default
 
 
-_Section = ReadsLikeDict  # every section reads like its part of config.json
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class RecipeInfo(_Section):
+class RecipeInfo(ReadsLikeDict):
     name: str = ""
     description: str = ""
     picked: str = ""  # what `train.pick_from_data` chose, and why
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ModelConfig(_Section):
+class ModelConfig(ReadsLikeDict):
     """`build()`'s keywords with `build()`'s defaults; depth 20 (`build()` requires one) and
     bn_epsilon `layers.BN_EPSILON` (its None means "the weights' own": a recipe trains)."""
 
@@ -86,7 +83,7 @@ class ModelConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DataConfig(_Section):
+class DataConfig(ReadsLikeDict):
     name: str = "cifar10"  # a TFDS name, an image folder or an .npz file
     data_dir: str = ""
     cache_dir: str = ""
@@ -107,7 +104,7 @@ _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TrainConfig(_Section):
+class TrainConfig(ReadsLikeDict):
     epochs: int = setting(30, lambda v: v >= 0, "at least 1 (0: the head phase alone, a linear probe)")
     batch_size: int = setting(128, *_AT_LEAST_1)  # global, over every device
     lr: float = setting(0.1, *_POSITIVE)  # at `reference_batch`, scaled linearly with the batch
@@ -182,6 +179,9 @@ def defaults() -> dict[str, dict]:
     return RunConfig().to_dict()
 
 
+_DEFAULTS = defaults()  # what `check_value` compares types with
+
+
 def fields(section: str) -> dict[str, dataclasses.Field]:
     """The fields of `section` by name (KeyError for an unknown section)."""
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
@@ -192,7 +192,7 @@ def check_value(section: str, key: str, value: Any) -> Any:
     field is a float); `RecipeError` naming what it must be otherwise."""
     field = fields(section)[key]
     meta = field.metadata
-    default = getattr(SECTIONS[section](), key)
+    default = _DEFAULTS[section][key]
     if meta.get("auto_or_bool"):
         if not (value == "auto" or isinstance(value, bool)):
             raise RecipeError(f"{section}.{key} must be 'auto', true or false, got {value!r}.")

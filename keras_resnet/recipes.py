@@ -19,6 +19,7 @@ from keras_resnet import data, plan, registry, specs
 from keras_resnet.config import UNSET as UNSET  # re-exported: scripts read recipes.UNSET
 from keras_resnet.config import ModelConfig, RunConfig, check_value, defaults
 from keras_resnet.errors import RecipeError
+from keras_resnet.flags import FLAG_FIELDS
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -37,22 +38,6 @@ RENAMED = {("train", "freeze_bn"): lambda v: {"bn_mode": "frozen" if v else "tra
 RETIRED = {
     ("train", "head_epochs"): "the head phase is measured in steps now: set train.head_steps "
     "(e.g. 2 x images / batch size)"
-}
-
-# Plain `train()` / CLI flags and the field each sets.
-FLAG_FIELDS = {
-    "depth": ("model", "depth"),
-    "variant": ("model", "variant"),
-    "data": ("data", "name"),
-    "data_dir": ("data", "data_dir"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "max_train_samples": ("data", "max_train_samples"),
-    "max_eval_samples": ("data", "max_eval_samples"),
-    "seed": ("train", "seed"),
-    "precision": ("train", "precision"),
-    "lr": ("train", "lr"),
-    "weights": ("model", "weights"),
 }
 
 

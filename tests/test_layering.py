@@ -20,7 +20,7 @@ FLOORS = [
                         "summary", "saving", "models"]),
     ("platform", ["backends", "distribute", "schedules"]),
     ("data", ["data", "pydata", "augment", "report"]),
-    ("configuration", ["config", "recipes", "plan"]),
+    ("configuration", ["config", "flags", "recipes", "plan"]),
     ("the run folder", ["runfolder", "runs"]),
     ("training", ["finetune", "training", "training.inputs", "training.modelling", "training.loop",
                   "training.finish"]),

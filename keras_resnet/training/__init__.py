@@ -45,7 +45,7 @@ def train(
     every `fit`; one that stops training (EarlyStopping) ends the run as stopped (`RunError`),
     resumable by the same call. Under multi-worker, every worker runs the same call; only the
     chief writes `output`, the others work in a temporary folder they remove.
-    `flags` are `recipes.FLAG_FIELDS`: depth, variant, data, data_dir, epochs, batch_size,
+    `flags` are `flags.FLAG_FIELDS`: depth, variant, data, data_dir, epochs, batch_size,
     max_train_samples, max_eval_samples, seed, precision, lr, weights.
     """
     config = recipes.resolve(recipe, overrides, **flags)
