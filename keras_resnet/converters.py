@@ -404,9 +404,14 @@ Plan = list[tuple[keras.Variable, np.ndarray]]
 def plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
     """(variable, array) for every variable of `model`, every entry of the file used:
     what `load` assigns, or the refusal naming the first mismatch. Not for "native"."""
-    pairs = {"torch": _torch_plan, "keras_applications": _keras_applications_plan, "keras_resnet": _keras_resnet_plan}[
-        checkpoint.layout
-    ](model, checkpoint)
+    planner = (
+        _old_api_plan
+        if is_old_api(model)
+        else {"torch": _torch_plan, "keras_applications": _keras_applications_plan, "keras_resnet": _keras_resnet_plan}[
+            checkpoint.layout
+        ]
+    )
+    pairs = planner(model, checkpoint)
     _check_covers(model, pairs, checkpoint.path)
     return pairs
 
@@ -442,7 +447,7 @@ def load(model: keras.Model, checkpoint: Checkpoint) -> None:
 
 
 def _has_top(model: keras.Model) -> bool:
-    return any(layer.name == "predictions" for layer in model.layers)
+    return any(layer.name in ("predictions", "fc1000") for layer in model.layers)
 
 
 def _blocks(model: keras.Model):
@@ -618,6 +623,69 @@ def _keras_resnet_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
         elif layer.weights:
             targets.append((stem.get(layer.name, layer.name), layer))
     return _legacy_plan(model, checkpoint, targets, "fc1000")
+
+
+# -- the old keras-resnet API's models: its flat graph and layer names (keras_resnet.models) --
+_OLD_BRANCH = re.compile(r"(res|bn)(\d)([a-z]|b\d+)_branch(1|2[abc])$")
+_OLD_TO_APPLICATIONS = {"1": "0", "2a": "1", "2b": "2", "2c": "3"}
+_OLD_STEM_TO_APPLICATIONS = {"conv1": "conv1_conv", "bn_conv1": "conv1_bn", "fc1000": "predictions"}
+
+
+def is_old_api(model: keras.Model) -> bool:
+    """Whether `model` is built as the old keras-resnet API built it (`bn_conv1`, `res2a_branch2a`, ...)."""
+    return any(layer.name == "bn_conv1" for layer in model.layers)
+
+
+def old_api_stem(model: keras.Model) -> dict[str, str]:
+    """The padding of an old-API model's conv1 and pool1, as `Checkpoint.stem` names it."""
+    return {name: model.get_layer(name).padding for name in ("conv1", "pool1")}
+
+
+def _old_api_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
+    path = checkpoint.path
+    if checkpoint.layout == "torch":
+        raise ValueError(
+            f"{path!r} holds a torchvision/timm network (v1.5: strides on the 3x3), but this model strides on the "
+            "1x1 (the old keras-resnet API's v1): build it with keras_resnet.build(..., weights=path)."
+        )
+    if checkpoint.variant == "v2":
+        raise ValueError(
+            f"{path!r} holds keras.applications ResNet v2 weights; the old keras-resnet API builds v1 "
+            "networks: build it with keras_resnet.build(depth, variant='v2', weights=path)."
+        )
+    expected = checkpoint.stem if checkpoint.layout == "keras_resnet" else {"conv1": "valid", "pool1": "valid"}
+    stem = old_api_stem(model)
+    if stem != expected:
+        raise ValueError(
+            f"{path!r} was trained with a stem padding conv1 {expected['conv1']!r} and pool1 {expected['pool1']!r}; "
+            f"this model pads them {stem['conv1']!r} and {stem['pool1']!r}, so its outputs would differ. Build it "
+            "with the file: keras_resnet.models.ResNet50(inputs, weights=path). Nothing was loaded."
+        )
+    names = set(checkpoint.layer_names)
+    targets = []
+    for layer in model.layers:  # each conv before its BN, as _legacy_plan folds biases
+        if isinstance(layer, keras.layers.Conv2D):
+            bn = "bn_conv1" if layer.name == "conv1" else "bn" + layer.name[3:]
+            targets += [(layer.name, layer), (bn, model.get_layer(bn))]
+        elif isinstance(layer, keras.layers.Dense):
+            targets.append((layer.name, layer))
+    renamed = [(_old_api_file_name(name, checkpoint.layout, names), layer) for name, layer in targets]
+    return _legacy_plan(model, checkpoint, renamed, "fc1000" if checkpoint.layout == "keras_resnet" else "predictions")
+
+
+def _old_api_file_name(name: str, layout: str, names: set[str]) -> str:
+    """The file's name for the old-API layer `name`: keras.applications', or keras-resnet's
+    with the file's block numbering ("res4b1" or "res4b")."""
+    match = _OLD_BRANCH.match(name)
+    if match is None:
+        return _OLD_STEM_TO_APPLICATIONS.get(name, name) if layout == "keras_applications" else name
+    kind, stage, block, branch = match.groups()
+    index = ord(block) - ord("a") if len(block) == 1 else int(block[1:])
+    if layout == "keras_applications":
+        suffix = "conv" if kind == "res" else "bn"
+        return f"conv{stage}_block{index + 1}_{_OLD_TO_APPLICATIONS[branch]}_{suffix}"
+    numerical = index > 0 and f"res{stage}b1_branch2a" in names  # the file's numbering of this stage
+    return f"{kind}{stage}{f'b{index}' if numerical else chr(ord('a') + index)}_branch{branch}"
 
 
 def _mismatch(path: str, name: str, what: str) -> ValueError:

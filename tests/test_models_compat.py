@@ -28,9 +28,14 @@ def test_classifier_and_custom_blocks():
     deep = keras_resnet.models.ResNet101(keras.layers.Input((64, 64, 3)), blocks=[1, 1, 1, 1],
                                          include_top=False)
     assert len(deep.outputs) == 4
-    # v1: the old package strides on the bottleneck's first 1x1.
-    block = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3))).get_layer("conv3_block1")
-    assert block.conv1.strides == (2, 2)
+    # v1: the old package strides on the bottleneck's first 1x1, and names layers as it did.
+    model = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3)))
+    assert model.get_layer("res3a_branch2a").strides == (2, 2)
+    assert model.get_layer("res3a_branch2b").strides == (1, 1)
+    assert [l.name for l in model.layers if l.weights][:3] == ["conv1", "bn_conv1", "res2a_branch2a"]
+    assert len(model.weights) == 53 + 53 * 4 + 2  # 53 bias-free convs, their BNs, fc1000
+    # ResNet-101/152/200 number their blocks after the first, as the old package did.
+    assert "res4b22_branch2c" in [l.name for l in keras_resnet.models.ResNet101(keras.Input((64, 64, 3))).layers]
 
 
 def test_custom_objects_and_freezable_bn():
@@ -55,10 +60,10 @@ def test_a_legacy_h5_full_model_save_loads_again_with_its_frozen_layers(tmp_path
     """keras-retinanet saves snapshots with `model.save("x.h5")`; they load without custom
     objects, frozen layers and `freeze_bn` kept, the outputs the same."""
     model = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3)), include_top=False, freeze_bn=True)
-    model.get_layer("conv2_block1").trainable = False
+    model.get_layer("res2a_branch2a").trainable = False
     model.save(tmp_path / "snapshot.h5")
     loaded = keras.models.load_model(tmp_path / "snapshot.h5")
-    assert type(loaded).__name__ == "ResNetModel" and not loaded.get_layer("conv2_block1").trainable
+    assert type(loaded).__name__ == "ResNetModel" and not loaded.get_layer("res2a_branch2a").trainable
     bns = [l for l in loaded._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and not any(bn.trainable for bn in bns)
     x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")

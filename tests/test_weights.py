@@ -65,6 +65,22 @@ def test_same_file_same_logits_as_keras_applications(reference_files, cifar_imag
     assert _relative(reference.predict(x, verbose=0), ours.predict(x, verbose=0)) <= 1e-4
 
 
+def test_keras_applications_v1_files_load_into_the_old_api(reference_files, cifar_images):
+    """The old API builds keras.applications' stem for its files and maps its layer names."""
+    reference, path = reference_files["v1", True]
+    ours = kr.models.ResNet50(keras.Input(SIZE), weights=path, classifier_activation=None)
+    assert ours.get_layer("pool1").padding == "valid" and ours.get_layer("bn_conv1").epsilon == 1.001e-5
+    x = keras.ops.convert_to_numpy(kr.preprocess_input(np.resize(cifar_images, (4, *SIZE)), "caffe"))
+    assert _relative(reference.predict(x, verbose=0), ours.predict(x, verbose=0)) <= 1e-4
+    with pytest.raises(ValueError, match=r"holds keras\.applications ResNet v2 weights; the old keras-resnet API "
+                                         r"builds v1 networks: build it with keras_resnet\.build\(depth, "
+                                         r"variant='v2', weights=path\)"):
+        kr.models.ResNet50(keras.Input(SIZE), weights=reference_files["v2", True][1])
+    with pytest.raises(ValueError, match=r"trained with a stem padding conv1 'valid' and pool1 'valid'; this "
+                                         r"model pads them 'valid' and 'same'"):
+        kr.models.ResNet50(keras.Input(SIZE)).load_weights(path, by_name=True)
+
+
 def test_variant_is_read_from_the_file(reference_files):
     _, v2_path = reference_files["v2", False]
     model = kr.build(50, weights=v2_path, include_top=False, input_shape=SIZE)
@@ -322,6 +338,35 @@ def test_legacy_file_into_another_architecture_with_agreeing_shapes_is_refused(r
         with pytest.raises(ValueError, match=message):
             load(model, path)
     assert all(np.array_equal(a, b) for a, b in zip(before, _snapshot(model)))
+
+
+def test_keras_retinanets_outer_model_loads_every_backbone_variable_by_name(tmp_path, cifar_images):
+    """keras-retinanet builds a plain keras.Model around the backbone and calls Keras's own
+    by-name loader on it. The old API's layers carry the old package's names, so every
+    backbone variable is found (it assigned none, silently, while they did not)."""
+    reference = _keras_resnet_reference([3, 4, 6, 3], [False] * 4, False, False, False, seed=5)
+    path = tmp_path / "ResNet-50-model.keras.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    # keras-retinanet's models/resnet.py and models/retinanet.py, cut to what touches the backbone:
+    inputs = keras.layers.Input(shape=(None, None, 3))
+    resnet = kr.models.ResNet50(inputs, include_top=False, freeze_bn=True)
+    C3, C4, C5 = resnet.outputs[1:]
+    P5 = keras.layers.Conv2D(256, kernel_size=1, strides=1, padding="same", name="C5_reduced")(C5)
+    P4 = keras.layers.Conv2D(256, kernel_size=1, strides=1, padding="same", name="C4_reduced")(C4)
+    model = keras.models.Model(inputs=inputs, outputs=[P4, P5], name="retinanet")
+    model.load_weights(str(path), by_name=True, skip_mismatch=True)
+    x = keras.ops.convert_to_numpy(kr.preprocess_input(np.resize(cifar_images, (2, *SIZE)), "caffe"))
+    for expected, got in zip(reference.predict(x, verbose=0), resnet.predict(x, verbose=0)):
+        assert _relative(expected, got) <= 1e-5
+    file_layers = {n for n in reference_layer_names(path)}
+    backbone = [layer.name for layer in resnet.layers if layer.weights]
+    assert backbone and set(backbone) <= file_layers
+
+
+def reference_layer_names(path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
 
 
 def test_old_code_loads_the_old_file_with_keras_load_weights_by_name(tmp_path, cifar_images):
