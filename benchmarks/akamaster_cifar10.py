@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+import ledger  # benchmarks/ledger.py: this run's record
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,7 @@ def main() -> None:
               "date": datetime.date.today().isoformat(), "commit": commit.strip(), "cpu": cpu_model(),
               "command": " ".join(sys.argv), "rows": rows, "exports": exports}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    ledger.record("akamaster_cifar10", report["what"], figures={"exports": exports}, rows=rows)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import ledger  # benchmarks/ledger.py: this run's record
 
 # name: (backend, precision, jit_compile)
 CONTENDERS = {
@@ -109,6 +110,8 @@ def main():
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=1)
+    ledger.record("backends", f"the cifar10-fast training step of ResNet-{args.depth} on each Keras backend",
+                  figures=out, rows=[{"contender": k, **v} for k, v in summary.items()])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_resnet import recipes, runs, training
+import ledger  # benchmarks/ledger.py: this run's record
 
 MODELS = {  # recipe -> (depth, image side, classes, batch)
     "cifar10-fast": (20, 32, 10, 128),
@@ -95,6 +96,7 @@ def main() -> None:
               f"| {100 * r['share_every_1_minute']:.2f} % | {100 * r['share_every_100_steps']:.2f} % "
               f"| {r['steps_for_2_percent']} |")
     print(json.dumps(results))
+    ledger.record("checkpoint_cost", "the seconds of one crash-safe checkpoint write, per recipe", rows=results)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
+import ledger  # benchmarks/ledger.py: this run's record
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -60,7 +61,7 @@ def main() -> None:
                 keras_resnet.build("resnet50", weights=path)
                 times[path]["build + load"].append(time.perf_counter() - start)
                 keras.backend.clear_session()
-        print(json.dumps({
+        result = {
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
                                                          f"{os.cpu_count()} CPUs",
             "keras": keras.__version__, "backend": keras.config.backend(), "rounds": args.rounds,
@@ -68,7 +69,9 @@ def main() -> None:
                                                           "median": round(statistics.median(v), 3)}
                                                   for phase, v in phases.items()}
                         for path, phases in times.items()},
-        }, indent=2))
+        }
+        print(json.dumps(result, indent=2))
+        ledger.record("convert", "reading and loading torchvision ResNet-50 files", figures=result)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ledger  # benchmarks/ledger.py: this run's record
 
 KERAS_IO = r'''
 import os, sys
@@ -94,6 +95,7 @@ def main():
               "median_speedup": round(statistics.median(times["keras_io"]) / statistics.median(times["ours"]), 3),
               "test_accuracy_last_round": accuracy}
     print(json.dumps(result, indent=2))
+    ledger.record("end_to_end", "keras-resnet train against the keras.io way, whole process", figures=result)
 
 
 if __name__ == "__main__":

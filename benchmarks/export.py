@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_resnet  # noqa: E402
 from keras_resnet import evaluation, exporter, parity  # noqa: E402
+import ledger  # benchmarks/ledger.py: this run's record
 
 
 def quality(model_path: str, data: str, samples: int, calibration_steps: int, workdir: Path) -> list[dict]:
@@ -122,6 +123,7 @@ def main() -> None:
             print(f"| {r['model']} | {r['runtime']} | {r['latency_ms']:.3f} | {r['batch32_images_per_s']:.0f} | "
                   f"{r['speedup_vs_keras']:.1f} | {r['speedup_vs_tflite_fp32']:.2f} |")
         print(json.dumps(rows))
+        ledger.record("export", "TFLite and SavedModel latency and throughput against Keras", rows=rows)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import ledger  # benchmarks/ledger.py: this run's record
 
 FIRST = ["airplane", "automobile", "bird", "cat", "deer"]
 SECOND = ["dog", "frog", "horse", "ship", "truck"]
@@ -127,12 +128,14 @@ def write(base: Path, rows: list[dict]) -> None:
             if accs:
                 summary.append({"n": n, "arm": arm, "runs": len(accs), "mean": round(statistics.mean(accs), 4),
                                 "min": min(accs), "max": max(accs),
-                                "wall_seconds_mean": round(statistics.mean(walls), 1)})
+                                "wall_seconds_mean": statistics.mean(walls)})  # rounded once, when shown
     with open(base / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
     print(json.dumps(summary))
+    ledger.record("finetune_transfer", "fine-tuning against training from scratch, by training-set size",
+                  figures={"runs": rows}, rows=summary)
     (base / "summary.md").write_text(markdown(summary))
     print(markdown(summary))
     import matplotlib

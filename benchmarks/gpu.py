@@ -38,6 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_resnet  # noqa: E402
+import ledger  # benchmarks/ledger.py: this run's record
 
 TRAIN_GFLOP_224 = 24.6  # per image: forward 8.2 GFLOP (4.1 GMACs) x 3
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0}
@@ -191,6 +192,7 @@ def main() -> None:
         summary = {"date": time.strftime("%Y-%m-%d"), "device": name, "kind": kind,
                    "backend": keras.config.backend(), "keras": keras.__version__, "cifar_train": cifar_train(args)}
         print(json.dumps(summary, indent=2))
+        ledger.record("gpu", f"CIFAR ResNet training to accuracy on {name}", figures=summary)
         return
     precision = default_precision(name, kind) if args.precision == "auto" else args.precision
     common = dict(steps=args.steps, warmup=args.warmup, precision=precision)
@@ -213,6 +215,7 @@ def main() -> None:
             if peak:
                 other["mfu"] = other["train_images_per_s"] * gflop / (peak * 1e3)
     print(json.dumps(summary, indent=2))
+    ledger.record("gpu", f"ResNet-50 and CIFAR ResNet-56 images/s on {name}", figures=summary)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 import keras_resnet  # noqa: E402
 from keras_resnet import exporter  # noqa: E402
 from train_step import TorchChild  # noqa: E402
+import ledger  # benchmarks/ledger.py: this run's record
 
 BATCH = 32
 
@@ -97,6 +98,7 @@ def main() -> None:
                          for o, t in same_precision.items()},
     }
     print(json.dumps(result, indent=2))
+    ledger.record("inference", "ResNet-50 inference: predict and the SavedModel against torchvision", figures=result)
 
 
 if __name__ == "__main__":

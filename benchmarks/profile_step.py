@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import ledger  # benchmarks/ledger.py: this run's record
 
 CATEGORIES = {  # first match wins; TensorFlow op types and aten op names
     "convolution": ("Conv2D", "convolution"),
@@ -125,6 +126,7 @@ def main() -> None:
         total = sum(result[label]["split"].values())
         print(f"{label}: ops {total:.1f} ms/step, wall {result[label]['wall_ms_per_step']:.1f} ms/step")
     print(json.dumps(result))
+    ledger.record("profile_step", "where the ResNet-20 training step's time goes, ours and PyTorch's", figures=result)
 
 
 if __name__ == "__main__":

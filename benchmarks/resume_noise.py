@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ledger  # benchmarks/ledger.py: this run's record
 
 
 def command(args, output: Path) -> list[str]:
@@ -85,6 +86,7 @@ def main() -> None:
         print(f"| {label} | {result[pair]['max_abs']:.3g} | {result[pair]['relative_l2']:.3g} |")
     print(f"test accuracy: A {accuracy['a']:.4f}, B {accuracy['b']:.4f}, C {accuracy['c']:.4f}")
     print(json.dumps(result))
+    ledger.record("resume_noise", "weights of uninterrupted and killed-and-resumed train runs", figures=result)
 
 
 if __name__ == "__main__":

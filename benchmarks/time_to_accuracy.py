@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import ledger  # benchmarks/ledger.py: this run's record
 
 
 def cpu_model() -> str:
@@ -102,7 +103,9 @@ def main() -> None:
     if not args.budget_min or not args.epochs:
         parser.error("give --budget-min and --epochs (or --table)")
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    print(json.dumps(run(args)))
+    result = run(args)
+    print(json.dumps(result))
+    ledger.record("time_to_accuracy", f"one train process of {args.recipe} fitted to its epochs", figures=result)
 
 
 if __name__ == "__main__":

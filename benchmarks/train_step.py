@@ -43,6 +43,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_resnet  # noqa: E402
 from keras_resnet import data as data_lib, recipes, training  # noqa: E402
+import ledger  # benchmarks/ledger.py: this run's record
 
 MODELS = {
     "resnet20": {"recipe": "cifar10-fast", "size": 32, "classes": 10, "batch": 128, "torch": "r20-train"},
@@ -170,6 +171,7 @@ def main():
         result["ratio_best"]["ours/plain"] = round(max(ips["ours"]) / max(ips["plain"]), 3)
         result["ratio_median"]["ours/plain"] = round(statistics.median(ips["ours"]) / statistics.median(ips["plain"]), 3)
     print(json.dumps(result, indent=2))
+    ledger.record("train_step", "training step img/s against plain Keras and PyTorch in the same run", figures=result)
 
 
 if __name__ == "__main__":

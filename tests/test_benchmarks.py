@@ -156,13 +156,17 @@ def test_checkpoint_cost_times_real_writes_and_steps(tmp_path):
     assert kept == ["epoch-0000-step-000001.weights.h5", "epoch-0000-step-000002.weights.h5"]
 
 
-def test_train_step_races_our_step_against_pytorch_in_a_child_process():
+def test_train_step_races_our_step_against_pytorch_in_a_child_process(tmp_path):
     result = subprocess.run(
         [sys.executable, "benchmarks/train_step.py", "--images", "256", "--rounds", "1", "--epochs", "1",
          "--contenders", "ours,torch-bf16"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_RESNET_LEDGER_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
+    (record,) = tmp_path.glob("*_train_step_*.json")  # its ledger record: the figures and where they ran
+    entry = json.loads(record.read_text())
+    assert entry["figures"] == summary and entry["command"].startswith("python benchmarks/train_step.py --images 256")
     assert summary["failed"] == {} and summary["settings"]["torch-bf16"] == "bf16, compile=False"
     assert summary["images_per_sec_best"]["ours"] > 0 and summary["images_per_sec_best"]["torch-bf16"] > 0
     assert summary["ratio_best"]["ours/torch-bf16"] > 0 and summary["versions"]["torch"]["threads"] >= 1
