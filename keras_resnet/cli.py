@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from keras_resnet.errors import BACKEND_EXTRAS, missing_backend
 from keras_resnet.files import dumps  # strict JSON, as every file the package writes
 from keras_resnet.flags import FLAG_FIELDS, FLAGS
 
@@ -68,8 +69,8 @@ def _add_train(sub) -> None:
     train.add_argument(
         "--strategy",
         default="auto",
-        help="auto, one-device, mirrored (local GPUs), multi-worker (TF_CONFIG) or tpu; "
-        "--batch-size is the global batch",
+        help="auto, one-device, mirrored (local GPUs), multi-worker (TF_CONFIG), multi-process (a JAX "
+        "cluster: KERAS_DISTRIBUTION_* variables, SLURM, a TPU pod slice) or tpu; --batch-size is the global batch",
     )
     train.add_argument("--tpu", help="TPU address or name for --strategy tpu (default: TPU_NAME / Colab's)")
 
@@ -324,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keras-resnet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:  # an optional dependency this command needs is not installed
-        missing = f" (pip install {err.name})" if isinstance(err, ModuleNotFoundError) and err.name else ""
-        print(f"keras-resnet {args.command}: error: {err}{missing}", file=sys.stderr)
+        name = err.name if isinstance(err, ModuleNotFoundError) else None
+        if name in BACKEND_EXTRAS:
+            message = missing_backend(name)
+        else:
+            message = f"{err}{f' (pip install {name})' if name else ''}"
+        print(f"keras-resnet {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,7 +1,8 @@
 """Distribution for `train`: choose a strategy, validate the cluster, decide who writes.
 
-On TensorFlow, tf.distribute; on JAX and PyTorch, `KerasStrategy` stands in for it (one
-process; on JAX with several local devices, Keras's `DataParallel` over them).
+On TensorFlow, tf.distribute; on JAX and PyTorch, `KerasStrategy` stands in for it (on JAX,
+Keras's `DataParallel` over the local devices, or with `multi-process` over every device of
+every process of a JAX cluster, `cluster.join`).
 
 Strategies are TensorFlow's own (`OneDeviceStrategy`, `MirroredStrategy`,
 `MultiWorkerMirroredStrategy` from `TF_CONFIG`, `TPUStrategy`); nothing here moves tensors
@@ -21,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import keras
+import numpy as np
 
+from keras_resnet import cluster
 from keras_resnet.errors import DistributeError
 
 try:
@@ -29,7 +32,7 @@ try:
 except ImportError:  # a JAX or PyTorch installation: `KerasStrategy` only
     tf = None
 
-STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "tpu")
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker", "multi-process", "tpu")
 # What a lost worker raises in `model.fit` (multi-worker, TensorFlow only).
 LOST_CONTACT = (
     ()
@@ -89,12 +92,15 @@ def _local_tpu() -> bool:
 
 
 class KerasStrategy:
-    """The strategy of a run on JAX or PyTorch: one process, and on JAX with several local
-    devices Keras's `DataParallel`, which splits each batch over them (BN then sees the whole
-    batch, as `train.sync_bn` asks)."""
+    """The strategy of a run on JAX or PyTorch: on JAX with several devices Keras's
+    `DataParallel`, which splits each batch over them (BN statistics are the whole batch's,
+    as XLA computes them over the sharded batch); in a JAX cluster, each process feeding its
+    share of every batch."""
 
-    def __init__(self, distribution: keras.distribution.Distribution | None = None):
+    def __init__(self, distribution: keras.distribution.Distribution | None = None, cluster=None):
+        """`cluster`: (this process's index, the process count) under `--strategy multi-process`."""
         self.distribution = distribution
+        self.cluster: tuple[int, int] | None = cluster
 
     @property
     def num_replicas_in_sync(self) -> int:
@@ -108,6 +114,8 @@ def _keras_strategy(name: str) -> KerasStrategy:
     backend = keras.config.backend()
     if name == "multi-worker" or (name == "auto" and _cluster_size(parse_tf_config()) > 1):
         check_multi_worker_keras()  # refuses every backend but TensorFlow, naming it
+    if name == "multi-process" or (name == "auto" and backend == "jax" and cluster.detected()):
+        return _multi_process(backend)
     if name not in ("auto", "one-device", "mirrored"):
         raise DistributeError(
             f"--strategy {name} is tf.distribute's: set KERAS_BACKEND=tensorflow. On "
@@ -128,6 +136,18 @@ def _keras_strategy(name: str) -> KerasStrategy:
     return KerasStrategy()
 
 
+def _multi_process(backend: str) -> KerasStrategy:
+    """Join the JAX cluster; `DataParallel` over every device of every process."""
+    if backend != "jax":
+        raise DistributeError(
+            f"--strategy multi-process joins a JAX cluster; this is {backend}. Set KERAS_BACKEND=jax on every "
+            "process, or on TensorFlow use --strategy multi-worker (tf.distribute, TF_CONFIG)."
+        )
+    index, count = cluster.join()
+    devices = keras.distribution.list_devices()
+    return KerasStrategy(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False), (index, count))
+
+
 def make_strategy(name: str = "auto", tpu: str | None = None):
     """The strategy for `name`:
 
@@ -136,12 +156,18 @@ def make_strategy(name: str = "auto", tpu: str | None = None):
       GPUs, else TensorFlow's default strategy;
     - `one-device`, `mirrored` (all local GPUs, or all logical CPUs without GPUs),
       `multi-worker` (`TF_CONFIG`), `tpu` (`tpu` address, or the local TPU VM);
-    - on JAX and PyTorch, a `KerasStrategy` (`auto`, `one-device`; `mirrored` on JAX).
+    - on JAX and PyTorch, a `KerasStrategy` (`auto`, `one-device`; `mirrored` on JAX;
+      `multi-process` on JAX, and `auto` where `cluster.detected` finds a cluster).
     """
     if name not in STRATEGIES:
         raise DistributeError(f"Unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
     if keras.config.backend() != "tensorflow":
         return _keras_strategy(name)
+    if name == "multi-process":
+        raise DistributeError(
+            "--strategy multi-process joins a JAX cluster: set KERAS_BACKEND=jax on every process, or on "
+            "TensorFlow use --strategy multi-worker (tf.distribute, TF_CONFIG)."
+        )
     config = parse_tf_config()
     if name == "auto":
         if _cluster_size(config) > 1:
@@ -193,6 +219,8 @@ def is_default(strategy) -> bool:
 
 def describe(strategy) -> str:
     if isinstance(strategy, KerasStrategy):
+        if strategy.cluster:
+            return f"DataParallel ({strategy.num_replicas_in_sync} devices, {strategy.cluster[1]} processes)"
         return f"DataParallel ({strategy.num_replicas_in_sync} devices)" if strategy.distribution else "one device"
     name = type(strategy).__name__
     return f"{'default strategy' if name.startswith('_Default') else name} ({strategy.num_replicas_in_sync} replica(s))"
@@ -206,8 +234,43 @@ def is_multi_worker(strategy) -> bool:
     )
 
 
+def is_multi_process(strategy) -> bool:
+    """Several processes train together: tf.distribute's multi-worker or a JAX cluster."""
+    cluster_shard = shard(strategy)
+    return is_multi_worker(strategy) or (cluster_shard is not None and cluster_shard[1] > 1)
+
+
+def shard(strategy) -> tuple[int, int] | None:
+    """(this process's index, the process count) under `--strategy multi-process`, whose
+    processes (one, or several) each feed their share of every batch; None otherwise."""
+    return strategy.cluster if isinstance(strategy, KerasStrategy) else None
+
+
+def lost_contact(err: BaseException, strategy) -> str | None:
+    """What to tell the user when `err` says another worker or process of the run is gone
+    (the run can resume), or None. In a JAX cluster, the process then leaves without JAX's
+    shutdown barrier (`cluster.abandon`)."""
+    if is_multi_worker(strategy) and isinstance(err, LOST_CONTACT):
+        return "Start every worker again with the same command; training resumes from the chief's last checkpoint."
+    cluster_shard = shard(strategy)
+    signs = ("Gloo", "UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection reset", "heartbeat")
+    if cluster_shard and cluster_shard[1] > 1 and isinstance(err, RuntimeError) and any(k in str(err) for k in signs):
+        cluster.abandon()
+        return cluster.RESUME
+    return None
+
+
+def done(strategy) -> None:
+    """This process's work succeeded: in a JAX cluster, tell the others it ends on purpose."""
+    if shard(strategy):
+        cluster.finished()
+
+
 def is_chief(strategy) -> bool:
-    """Whether this process writes the run folder: the `chief` task, else worker 0."""
+    """Whether this process writes the run folder: the `chief` task, else worker 0; process
+    0 of a JAX cluster."""
+    if isinstance(strategy, KerasStrategy):
+        return not strategy.cluster or strategy.cluster[0] == 0
     if not is_multi_worker(strategy):
         return True
     resolver = strategy.cluster_resolver
@@ -227,9 +290,14 @@ def check_batch(batch_size: int, strategy) -> None:
 
 def agree(strategy, value: int, what: str) -> int:
     """`value` if every worker holds the same one, else a clear error (no silent divergence)."""
-    if not is_multi_worker(strategy):
+    if not is_multi_process(strategy):
         return value
-    values = strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0).numpy()
+    if isinstance(strategy, KerasStrategy):
+        from jax.experimental import multihost_utils
+
+        values = np.asarray(multihost_utils.process_allgather(np.array([value], np.int64)))
+    else:
+        values = strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0).numpy()
     low, high = int(values.min()), int(values.max())
     if low != high:
         raise DistributeError(

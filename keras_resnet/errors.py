@@ -31,3 +31,17 @@ class RecipeError(ValueError):
 
 class RunError(RuntimeError):
     """A run that cannot go on as asked (configuration clash, NaN loss); the message says why."""
+
+
+# The modules a Keras backend is, as ModuleNotFoundError names them, and the extra that installs each.
+BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "jaxlib": "jax", "torch": "torch"}
+
+
+def missing_backend(module: str) -> str:
+    """The one line that says a Keras backend is not installed and which extra installs it."""
+    extra = BACKEND_EXTRAS.get(module, module)
+    return (
+        f"keras_resnet runs on Keras, whose backend here is {extra}, which is not installed: "
+        f"pip install 'keras-resnet-family[{extra}]', or install another backend's extra ([tensorflow], [jax] "
+        "or [torch]) and set KERAS_BACKEND to it."
+    )

@@ -121,11 +121,23 @@ class _Batches(keras.utils.PyDataset):
         return (self[i] for i in range(len(self)))
 
 
+def share(rows: np.ndarray, shard: tuple[int, int]) -> np.ndarray:
+    """Process `shard[0]`'s contiguous share of a global batch's `rows`, of `shard[1]` processes."""
+    index, count = shard
+    size = len(rows) // count
+    return rows[index * size : (index + 1) * size]
+
+
 class TrainBatches(_Batches):
     """Batches `first_step..` of epoch `first_epoch` through the last step of epoch
     `end_epoch - 1`, as one sequence (`model.fit` with `steps_per_epoch` reads it across
     epochs): each epoch shuffled with `seed + epoch`, each batch augmented with a generator
-    seeded by (seed, epoch, step). Images float32 [0, 255], labels one-hot."""
+    seeded by (seed, epoch, step). Images float32 [0, 255], labels one-hot. With `shard` set
+    to (process index, process count), each batch is this process's share of the global
+    batch, drawn with the same generators: the processes together see the batches one
+    process would."""
+
+    shard: tuple[int, int] = (0, 1)
 
     def __init__(
         self,
@@ -160,10 +172,11 @@ class TrainBatches(_Batches):
             self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.split.labels)))
         pick = self._order[1][step * self.batch_size : (step + 1) * self.batch_size]
         if not (self.pad or self.flip):
-            return pick, None, None
+            return share(pick, self.shard), None, None
         _, height, width, _ = self.split.images.shape
         rng = np.random.default_rng([self.seed, epoch, step, 1])
-        return pick, *crop_flip_indices(len(pick), height, width, rng, self.pad, self.flip)
+        rows, cols = crop_flip_indices(len(pick), height, width, rng, self.pad, self.flip)
+        return share(pick, self.shard), share(rows, self.shard), share(cols, self.shard)
 
     def __getitem__(self, index: int):
         pick, rows, cols = self._batch(index)
@@ -206,11 +219,12 @@ def upload(split: Arrays, pad: int) -> tuple:
 
 
 class EvalBatches(_Batches):
-    """The split in order, unaugmented, in batches (the last one smaller)."""
+    """The split in order, unaugmented, in batches (the last one smaller); with `shard`
+    (process index, count), this process's share of each (the split must divide evenly)."""
 
-    def __init__(self, split: Arrays, *, num_classes: int, batch_size: int):
+    def __init__(self, split: Arrays, *, num_classes: int, batch_size: int, shard: tuple[int, int] = (0, 1)):
         super().__init__()
-        self.split, self.num_classes, self.batch_size = split, num_classes, batch_size
+        self.split, self.num_classes, self.batch_size, self.shard = split, num_classes, batch_size, shard
 
     def __len__(self) -> int:
         return -(-len(self.split.labels) // self.batch_size)
@@ -218,8 +232,10 @@ class EvalBatches(_Batches):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(index)
-        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        return (self.split.images[part].astype(np.float32), one_hot(self.split.labels[part], self.num_classes))
+        rows = share(
+            np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.split.labels))), self.shard
+        )
+        return (self.split.images[rows].astype(np.float32), one_hot(self.split.labels[rows], self.num_classes))
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:

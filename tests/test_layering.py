@@ -18,7 +18,7 @@ FLOORS = [
     ("errors and files", ["errors", "files", "mapping"]),
     ("the model core", ["specs", "layers", "builder", "features", "registry", "weights", "converters", "architecture",
                         "summary", "saving", "models"]),
-    ("platform", ["backends", "distribute", "schedules"]),
+    ("platform", ["backends", "cluster", "distribute", "schedules"]),
     ("data", ["data", "pydata", "augment", "report"]),
     ("configuration", ["config", "flags", "recipes", "plan"]),
     ("the run folder", ["runfolder", "runs"]),

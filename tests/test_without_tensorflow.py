@@ -51,13 +51,22 @@ def test_the_base_install_without_a_backend_names_the_extras(tmp_path):
                            "-e", str(ROOT)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "KERAS_BACKEND")}
-    probe = subprocess.run([str(path / "bin" / "python"), "-c", "import keras_resnet"], capture_output=True, text=True,
-                           env=env, cwd=tmp_path)
-    assert probe.returncode != 0
-    assert probe.stderr.strip().splitlines()[-1] == (
-        "ImportError: keras_resnet runs on Keras, whose backend here is tensorflow, which is not installed: pip "
-        "install 'keras-resnet-family[tensorflow]', or install another backend's extra ([tensorflow], [jax] or "
-        "[torch]) and set KERAS_BACKEND to it.")
+    python = str(path / "bin" / "python")
+    message = ("keras_resnet runs on Keras, whose backend here is tensorflow, which is not installed: pip "
+               "install 'keras-resnet-family[tensorflow]', or install another backend's extra ([tensorflow], [jax] or "
+               "[torch]) and set KERAS_BACKEND to it.")
+    imported = subprocess.run([python, "-c", "import keras_resnet; print(keras_resnet.__version__)"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert imported.returncode == 0 and imported.stdout.strip() == "0.1.0", imported.stderr[-2000:]
+    for feature in ("build", "train", "export"):
+        probe = subprocess.run([python, "-c", f"import keras_resnet; keras_resnet.{feature}"], capture_output=True,
+                               text=True, env=env, cwd=tmp_path)
+        assert probe.returncode != 0
+        assert probe.stderr.strip().splitlines()[-1] == f"ImportError: keras_resnet.{feature}: {message}"
+    cli = subprocess.run([str(path / "bin" / "keras-resnet"), "train", "--recipe", "cifar10-fast", "--output",
+                          str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert cli.returncode == 2 and cli.stderr.strip().splitlines() == [f"keras-resnet train: error: {message}"]
+    assert not (tmp_path / "run").exists()
 
 
 def check_run(folder, result, source: str) -> dict:

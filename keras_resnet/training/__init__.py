@@ -52,7 +52,7 @@ def train(
     if config.recipe.picked:
         log(config.recipe.picked)
     strat = _strategy(strategy, tpu, config)
-    inputs.refuse_unsupported(config, extra_augment_layers, not distribute.is_default(strat))
+    inputs.refuse_unsupported(config, extra_augment_layers, not distribute.is_default(strat), distribute.shard(strat))
     run = runs.open_run(Path(output or runfolder.default_folder(recipe)), config, strat, overwrite, log)
     if run.complete:
         log(
@@ -64,15 +64,18 @@ def train(
         with strat.scope(), distribute.multi_worker_fit(strat):
             data, feed, trained = _fit(config, run, extra_augment_layers, callbacks, log, verbose)
         if not run.chief:
-            return trained.recorder.write(status="complete (worker)")
-        return finish.save(run.folder, config, data, feed, trained, log)  # outside the strategy: one model
-    except distribute.LOST_CONTACT as err:
-        if not distribute.is_multi_worker(strat):
+            metrics = trained.recorder.write(status="complete (worker)")
+        else:
+            metrics = finish.save(run.folder, config, data, feed, trained, log)  # outside the strategy: one model
+        distribute.done(strat)
+        return metrics
+    except Exception as err:
+        advice = distribute.lost_contact(err, strat)
+        if advice is None:
             raise
+        peer = "worker" if distribute.is_multi_worker(strat) else "process"
         raise RunError(
-            f"Lost contact with another worker ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:160]}). Start every worker again with the same "
-            "command; training resumes from the chief's last checkpoint."
+            f"Lost contact with another {peer} ({type(err).__name__}: {str(err).splitlines()[0][:160]}). {advice}"
         ) from err
     finally:
         run.close()
@@ -114,7 +117,7 @@ def _fit(
         distribute.synchronize_batch_norm(model)
     plan = phases(config, data.steps_per_epoch)
     position, phase = loop.restore(model, config, plan, data.steps_per_epoch, run, log)
-    feed = inputs.feed(config, data, extra_augment_layers, distributed)
+    feed = inputs.feed(config, data, extra_augment_layers, distributed, distribute.shard(run.strategy))
     loop.warn_if_batches_change(position, feed, log)
     recorder = _recorder(run, position, data, feed, model, precision)
     log(

@@ -12,7 +12,7 @@ from keras_resnet import augment as augment_lib
 from keras_resnet import backends, pydata, registry
 from keras_resnet import data as data_lib
 from keras_resnet.config import RunConfig
-from keras_resnet.errors import DataError, RecipeError
+from keras_resnet.errors import DataError, DistributeError, RecipeError
 
 ON_DEVICE_MAX_BYTES = 4 << 30  # data.on_device "auto": the padded training images at most this
 
@@ -26,9 +26,24 @@ class Data:
     steps_per_epoch: int
 
 
-def refuse_unsupported(config: RunConfig, extra_augment_layers: Sequence[Callable], distributed: bool) -> None:
+def refuse_unsupported(
+    config: RunConfig, extra_augment_layers: Sequence[Callable], distributed: bool, shard: tuple | None = None
+) -> None:
     """Refuse, in one line and before the run folder is touched, what this installation
-    cannot feed: tf.data's augmentations without TensorFlow, a forced `data.on_device`."""
+    cannot feed: tf.data's augmentations without TensorFlow or under --strategy multi-process,
+    a forced `data.on_device`."""
+    if shard:
+        sharded = _tf_data_augmentations(config, extra_augment_layers)
+        sharded += ["data.eval_crop_fraction"] * bool(config.data.eval_crop_fraction)
+        sharded += ["train.ema"] * config.train.ema + ["train.bn_mode=frozen_stats"] * (
+            config.train.bn_mode == "frozen_stats"
+        )
+        if sharded:
+            raise DistributeError(
+                "--strategy multi-process feeds each process its share of every batch from arrays in memory "
+                "(pad-crop and flip only) and re-estimates no BN statistics; it cannot run with "
+                f"{', '.join(sharded)}: turn them off, or train on one process (--strategy auto)."
+            )
     if not backends.has_tensorflow():
         missing = _tf_data_augmentations(config, extra_augment_layers)
         missing += ["data.eval_crop_fraction"] * bool(config.data.eval_crop_fraction)
@@ -120,11 +135,21 @@ class Feed:
     training: Callable[..., Any]
     on_device: bool
     drawn_by: str  # what draws the training batches: "tf.data" or "NumPy"
+    validation: Any = None  # what `fit` validates on, when not `eval_batches` (a process's share)
 
 
-def feed(config: RunConfig, data: Data, extra_augment_layers: Sequence[Callable], distributed: bool) -> Feed:
+def feed(
+    config: RunConfig,
+    data: Data,
+    extra_augment_layers: Sequence[Callable],
+    distributed: bool,
+    shard: tuple[int, int] | None = None,
+) -> Feed:
     """The run's batches: tf.data where TensorFlow is installed, `pydata` PyDatasets of
-    in-memory arrays where it is not, `pydata.DeviceTrainBatches` on the device."""
+    in-memory arrays where it is not, `pydata.DeviceTrainBatches` on the device; with
+    `shard` (process index, count) of a JAX cluster, this process's share of every batch."""
+    if shard:
+        return _sharded_feed(config, data, shard)
     on_device = _on_device(config, data, extra_augment_layers, distributed)
     splits, image_size, batch = data.splits, data.image_size, config.train.batch_size
     if isinstance(splits.test, pydata.Arrays):
@@ -145,12 +170,40 @@ def feed(config: RunConfig, data: Data, extra_augment_layers: Sequence[Callable]
     return Feed(eval_batches, _TfDataBatches(config, data, extra_augment_layers), False, "tf.data")
 
 
-class _NumpyBatches:
-    """`Feed.training` from arrays in memory, or uploaded to the accelerator."""
+def _sharded_feed(config: RunConfig, data: Data, shard: tuple[int, int]) -> Feed:
+    """Batches for one process of a JAX cluster: its share of each global batch, drawn as one
+    process would draw the whole (`pydata.TrainBatches`); the whole test set for process 0's
+    final evaluation, and its share of it for the validation during training."""
+    splits, processes = data.splits, shard[1]
+    if splits.image_size != data.image_size:
+        raise DistributeError(
+            "--strategy multi-process feeds arrays in memory at their own size: resize the images beforehand "
+            "instead of data.image_size."
+        )
+    test = splits.test if isinstance(splits.test, pydata.Arrays) else data_lib.to_arrays(splits.test, splits.num_test)
+    if config.train.validate_every and splits.num_test % processes:
+        raise DistributeError(
+            f"The {splits.num_test} test images do not split evenly over {processes} processes for the validation "
+            f"during training: set train.validate_every=0 (process 0 still scores the whole test set at the end), "
+            f"or data.max_eval_samples to a multiple of {processes}."
+        )
+    batch, classes = config.train.batch_size, splits.num_classes
+    return Feed(
+        pydata.EvalBatches(test, num_classes=classes, batch_size=batch),
+        _NumpyBatches(config, data, False, shard),
+        False,
+        "NumPy",
+        validation=pydata.EvalBatches(test, num_classes=classes, batch_size=batch, shard=shard),
+    )
 
-    def __init__(self, config: RunConfig, data: Data, on_device: bool):
+
+class _NumpyBatches:
+    """`Feed.training` from arrays in memory, or uploaded to the accelerator; with `shard`,
+    a process's share of each batch."""
+
+    def __init__(self, config: RunConfig, data: Data, on_device: bool, shard: tuple[int, int] = (0, 1)):
         splits = data.splits
-        self.config, self.classes = config, splits.num_classes
+        self.config, self.classes, self.shard = config, splits.num_classes, shard
         self.train = (
             splits.train
             if isinstance(splits.train, pydata.Arrays)
@@ -163,7 +216,7 @@ class _NumpyBatches:
         kind, args = (
             (pydata.DeviceTrainBatches, (self.uploaded,)) if self.uploaded is not None else (pydata.TrainBatches, ())
         )
-        return kind(
+        batches = kind(
             self.train,
             *args,
             num_classes=self.classes,
@@ -174,6 +227,8 @@ class _NumpyBatches:
             first_step=first_step,
             augment=dataclasses.asdict(self.config.augment),
         )
+        batches.shard = self.shard
+        return batches
 
 
 class _TfDataBatches:

@@ -147,12 +147,16 @@ class Fitter:
             callbacks=self.callbacks + ([keep_raw] if done and t.ema else []),
             verbose=self.verbose,
             shuffle=False,
-            validation_data=self.feed.eval_batches if t.validate_every else None,
+            validation_data=self._validation() if t.validate_every else None,
             validation_freq=max(t.validate_every, 1),
         )
         if raw and end < phase.end:
             for variable, value in zip(self.model.trainable_variables, raw):
                 variable.assign(value)
+
+    def _validation(self):
+        """What `fit` validates on: this process's share of the test set in a JAX cluster."""
+        return self.feed.validation if self.feed.validation is not None else self.feed.eval_batches
 
     def _losses_finite(self) -> bool:
         return all(v is not None and math.isfinite(v) for v in self.recorder.history.get("loss", []))
