@@ -36,7 +36,7 @@ TABLES = LEDGER / "tables.toml"
 REQUIRED = ("id", "what", "date", "command", "commit", "tree_clean", "machine", "versions", "beside")
 UNKNOWN = "unknown"
 _BLOCK = re.compile(r"(<!-- ledger: (?P<id>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /ledger -->)", re.S)
-_FIELD = re.compile(r"\{([^{}:!]+)(?:[:!][^{}]*)?\}")
+_FIELD = re.compile(r"\{([^{}:!\[.]+)[^{}]*\}")  # a template's field names: "{loss[2]:.4f}" names "loss"
 
 
 # -- writing a record (called by the benchmark scripts) ----------------------------------------

@@ -27,7 +27,7 @@ CIFAR_DIR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 # The longest files first (sequential seconds on 2 cores: 428, 279, 236, 116, 108, 99), so
 # the two workers of `--dist loadfile` do not end on one long file.
 SLOWEST_FILES = ("test_train_backends.py", "test_converters.py", "test_training.py", "test_benchmarks.py",
-                 "test_export.py", "test_resume.py")
+                 "test_multiprocess.py", "test_export.py", "test_resume.py")
 
 
 # Files whose tests train, build PyTorch references, export or start processes of their own:
