@@ -17,7 +17,7 @@ import pytest
 import keras_resnet  # noqa: F401  (registers the layers model.keras names)
 from conftest import ROOT, cli, last_line, small_cifar_folder
 
-PEER_TIMEOUT = 8  # seconds; KERAS_RESNET_PEER_TIMEOUT
+PEER_TIMEOUT = 15  # seconds; KERAS_RESNET_PEER_TIMEOUT (long enough for a stall of this machine)
 ARGS = ["train", "--recipe", "cifar10-fast", "--depth", "8", "--variant", "cifar", "--epochs", "3",
         "--batch-size", "32", "--seed", "3", "--lr", "0.02", "--set", "train.precision=float32", "--set", "train.validate_every=1",
         "--set", "train.checkpoint_every_steps=2", "--set", "train.checkpoint_every_minutes=0"]
