@@ -62,7 +62,11 @@ def record(name: str, what: str, figures: dict | None = None, rows: list[dict] |
         "rows": rows or [],
     }
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{entry['id']}.json"
+    path, n = folder / f"{entry['id']}.json", 1
+    while path.exists():  # two runs within a second
+        n += 1
+        entry["id"] = f"{now:%Y-%m-%d}_{name}_{now:%H%M%S}_{n}"
+        path = folder / f"{entry['id']}.json"
     path.write_text(json.dumps(entry, indent=1, ensure_ascii=False) + "\n")
     print(f"ledger: wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", file=sys.stderr)
     return path
@@ -84,16 +88,20 @@ def machine() -> dict:
     cpu, memory = platform.processor() or platform.machine(), UNKNOWN
     try:
         text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"^model name\s*:\s*(.+)$", text, re.M)[1].strip()
-        flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)[1].split()
-        cpu += "".join(f", {f}" for f in ("avx512_bf16", "amx_bf16") if f in flags)
+        model, flags = re.search(r"^model name\s*:\s*(.+)$", text, re.M), re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        cpu = model[1].strip() if model else cpu
+        cpu += "".join(f", {f}" for f in ("avx512_bf16", "amx_bf16") if flags and f in flags[1].split())
+    except OSError:
+        pass
+    try:
         kib = int(re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)[1])
         memory = f"{kib / 2**20:.0f} GiB"
     except (OSError, TypeError):
         pass
     try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20).stdout.split("\n")
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        gpus = smi.stdout.split("\n") if smi.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
         gpus = []
     return {"cpu": cpu, "cores": os.cpu_count(), "memory": memory, "gpu": [g for g in gpus if g.strip()]}
@@ -111,7 +119,8 @@ def versions() -> dict:
 
 
 def busy_processes() -> str:
-    """The other processes using over 10 % of a core now, or "nothing else over 10 % of a core"."""
+    """The other processes whose CPU use (`ps`: over their lifetime) is over 10 % of a core,
+    or "nothing else over 10 % of a core"; the script's own children are among them."""
     try:
         out = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
     except OSError:

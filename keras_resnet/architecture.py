@@ -40,13 +40,18 @@ NOT_ARCHITECTURE = (
 )
 
 
+# Weightless layers described too: the old keras-resnet API's `pool1`, whose padding is all
+# that tells its stem ("same") from keras.applications' ("valid", after `padding_pool1`).
+DESCRIBED_WEIGHTLESS = ("pool1",)
+
+
 def describe(model: keras.Model, skip: Sequence[str] = ()) -> dict[str, dict]:
     """{layer name: the config of what it computes} of `model`'s own layers that hold weights
-    (but the `skip` layers), as JSON would hold it."""
+    (and `DESCRIBED_WEIGHTLESS`; but the `skip` layers), as JSON would hold it."""
     described = {
         layer.name: {k: v for k, v in layer.get_config().items() if k not in NOT_ARCHITECTURE}
         for layer in model.layers
-        if layer.name not in skip and layer.weights
+        if layer.name not in skip and (layer.weights or layer.name in DESCRIBED_WEIGHTLESS)
     }
     return json.loads(json.dumps(described, default=str))  # tuples as lists, as read back
 

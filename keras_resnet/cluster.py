@@ -25,17 +25,19 @@ DEFAULT_PEER_TIMEOUT = 60.0
 LOST_EXIT_CODE = 3
 RESUME = "Start every process again with the same command: training resumes from process 0's last checkpoint."
 _PREFIX = "keras_resnet/heartbeat/"
+_SAVED = "keras_resnet/saved"  # process 0 wrote the finished run
 _joined: dict[str, PeerWatch] = {}
 _lost: list[bool] = []  # a peer was lost: this process leaves without JAX's shutdown barrier
 
 
 def detected() -> str | None:
     """What announces a multi-process cluster to this process, or None: Keras's variables
-    naming several processes, a SLURM job of several tasks, a TPU pod slice's worker list."""
+    naming several processes, an `srun` step of several tasks (not a batch script's one
+    process), a TPU pod slice's worker list."""
     if int(os.environ.get(COUNT, "1") or 1) > 1:
         return COUNT
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
-        return "SLURM_NTASKS"
+    if int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in os.environ:
+        return "SLURM_STEP_NUM_TASKS"
     if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
         return "TPU_WORKER_HOSTNAMES"
     return None
@@ -100,10 +102,19 @@ def _leave_if_lost() -> None:
         os._exit(LOST_EXIT_CODE)
 
 
-def finished() -> None:
-    """Tell the other processes that this one has done its work and ends on purpose."""
-    if "watch" in _joined:
-        _joined["watch"].finish()
+def finished(chief: bool) -> None:
+    """This process's work succeeded. Process 0 (`chief`) says the run is saved; the others
+    wait for that (a process 0 lost meanwhile ends them with one line, not exit 0); then each
+    tells the others it ends on purpose."""
+    watch = _joined.get("watch")
+    if watch is None:
+        return
+    if chief:
+        watch.client.key_value_set(_SAVED, "yes", allow_overwrite=True)
+    else:
+        while watch.is_alive() and watch.value(_SAVED) != "yes":
+            time.sleep(1.0)
+    watch.finish()
 
 
 class PeerWatch(threading.Thread):
@@ -121,28 +132,31 @@ class PeerWatch(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        beat, start = 0, time.monotonic()
+        beat, start, unreachable = 0, time.monotonic(), None
         last: dict[int, tuple[str | None, float]] = {p: (None, start) for p in range(self.count) if p != self.index}
         while not self.stopping.is_set():
             beat += 1
             try:
                 self.client.key_value_set(f"{_PREFIX}{self.index}", str(beat), allow_overwrite=True)
                 for peer in list(last):
-                    value = self._value(peer)
+                    value = self.value(f"{_PREFIX}{peer}")
                     if value == "done":
                         del last[peer]
                     elif value != last[peer][0]:
                         last[peer] = (value, time.monotonic())
                     elif time.monotonic() - last[peer][1] > self.timeout:
                         self.lost(f"process {peer} (no heartbeat for {self.timeout:.0f} s)")
-            except Exception:  # the coordinator's service went with process 0
-                if not self.stopping.is_set():
+                unreachable = None
+            except Exception:  # the coordinator's service is gone with process 0, or busy
+                unreachable = unreachable or time.monotonic()
+                if time.monotonic() - unreachable > self.timeout:
                     self.lost("process 0, the coordinator")
             self.stopping.wait(min(self.timeout / 6, 5.0))
 
-    def _value(self, peer: int) -> str | None:
+    def value(self, key: str) -> str | None:
+        """The key's value in the coordinator's store; None while it is not set."""
         try:
-            return self.client.key_value_try_get(f"{_PREFIX}{peer}")
+            return self.client.key_value_try_get(key)
         except Exception as err:
             if "NOT_FOUND" in str(err) or "not found" in str(err).lower():
                 return None  # not started beating yet: its timeout runs from our start

@@ -263,7 +263,7 @@ def lost_contact(err: BaseException, strategy) -> str | None:
 def done(strategy) -> None:
     """This process's work succeeded: in a JAX cluster, tell the others it ends on purpose."""
     if shard(strategy):
-        cluster.finished()
+        cluster.finished(chief=is_chief(strategy))
 
 
 def is_chief(strategy) -> bool:

@@ -19,7 +19,7 @@ import os
 
 import keras
 
-from keras_resnet import converters
+from keras_resnet import architecture, converters
 from keras_resnet.layers import BatchNormalization, register
 
 # The old package's stem: conv1 after an explicit 3-pixel pad, pool1 padding "same".
@@ -67,7 +67,8 @@ def ResNet(
 ) -> ResNetModel:
     """The old package's v1 ResNet on `inputs`: `blocks` repeats per stage of `block`
     ("basic" or "bottleneck"), its layer names (`numerical_names[stage]`: "res4b1" rather
-    than "res4b"), He-normal init and no weight decay, as it built them.
+    than "res4b"; all stages by default, as there, but ResNet50's), He-normal init and no
+    weight decay, as it built them.
 
     `weights`: a keras-resnet 0.1/0.2 or keras-retinanet `.h5` file, a keras.applications
     v1 file, or a `.weights.h5` of this model; the stem (and the block names) follow the
@@ -86,6 +87,10 @@ def ResNet(
         numerical_names = [f"res{stage + 2}b1_branch2a" in checkpoint.layer_names for stage in range(len(blocks))]
     elif checkpoint is not None and checkpoint.layout == "keras_applications":
         stem = KERAS_APPLICATIONS_STEM
+    elif checkpoint is not None and checkpoint.layout == "native":
+        stem, bn_epsilon = _recorded(checkpoint.path, stem, bn_epsilon)
+    if numerical_names is None:  # the old package's default: "res3b1", ...; its ResNet50 passed all False
+        numerical_names = [True] * len(blocks)
     epsilon = bn_epsilon or (checkpoint.bn_epsilon if checkpoint is not None else None) or OLD_BN_EPSILON
     graph = _Graph(freeze_bn, epsilon)
     x = graph.stem(inputs, stem)
@@ -103,6 +108,16 @@ def ResNet(
     if checkpoint is not None:
         converters.load(model, checkpoint)
     return model
+
+
+def _recorded(path: str, stem: dict[str, str], epsilon: float | None) -> tuple[dict[str, str], float | None]:
+    """The stem and BN epsilon an old-API `.weights.h5` written by this package records
+    (`stem` and `epsilon` where it records none)."""
+    recorded = architecture.marked(path) or {}
+    if not {"conv1", "pool1", "bn_conv1"} <= set(recorded):
+        return stem, epsilon
+    padding = {"conv1": recorded["conv1"]["padding"], "pool1": recorded["pool1"]["padding"]}
+    return padding, epsilon or recorded["bn_conv1"]["epsilon"]
 
 
 class _Graph:
@@ -161,7 +176,7 @@ def _preset(name: str, block: str, default_blocks: list[int], numerical: list[bo
 
 ResNet18 = _preset("ResNet18", "basic", [2, 2, 2, 2])
 ResNet34 = _preset("ResNet34", "basic", [3, 4, 6, 3])
-ResNet50 = _preset("ResNet50", "bottleneck", [3, 4, 6, 3])
+ResNet50 = _preset("ResNet50", "bottleneck", [3, 4, 6, 3], [False] * 4)
 ResNet101 = _preset("ResNet101", "bottleneck", [3, 4, 23, 3], NUMERICAL_DEEP)
 ResNet152 = _preset("ResNet152", "bottleneck", [3, 8, 36, 3], NUMERICAL_DEEP)
 ResNet200 = _preset("ResNet200", "bottleneck", [3, 24, 36, 3], NUMERICAL_DEEP)

@@ -69,3 +69,33 @@ def test_a_legacy_h5_full_model_save_loads_again_with_its_frozen_layers(tmp_path
     x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
     for a, b in zip(model.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_names_and_stems_are_the_old_packages_and_a_weights_file_keeps_its_stem(tmp_path):
+    """The old package numbered blocks after the first unless told not to (ResNet50 was):
+    ResNet18 has `res2b1`. A `.weights.h5` of a model with keras.applications' stem (pool1
+    "valid") builds that stem again, and is refused by a model with the old stem."""
+    names = [layer.name for layer in keras_resnet.models.ResNet18(keras.layers.Input((64, 64, 3))).layers]
+    assert "res2b1_branch2a" in names and "res2b_branch2a" not in names
+    inputs = keras.layers.Input((64, 64, 3))
+    applications = keras.applications.ResNet50(weights=None, input_tensor=inputs)
+    source = tmp_path / "kapps.h5"
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(source, "w") as f:  # a legacy .h5 of keras.applications' layout
+        legacy_h5_format.save_weights_to_hdf5_group(f, applications)
+    model = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3)), weights=str(source))
+    assert model.get_layer("pool1").padding == "valid"
+    saved = tmp_path / "tuned.weights.h5"
+    keras_resnet.save_weights(model, saved)
+    again = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3)), weights=str(saved))
+    assert again.get_layer("pool1").padding == "valid"
+    x = np.random.default_rng(0).random((1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), again.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    default = keras_resnet.models.ResNet50(keras.layers.Input((64, 64, 3)), bn_epsilon=1.001e-5)  # pool1 alone differs
+    import pytest
+
+    with pytest.raises(ValueError, match=r"was saved from another architecture: layer 'pool1' differs in padding "
+                                         r"\('valid' there, 'same' here\)"):
+        default.load_weights(str(saved))

@@ -86,10 +86,11 @@ def start(args, index: int, port: int, scratch, kill_after: int = 0) -> subproce
                             stderr=subprocess.STDOUT, text=True)
 
 
-def two_processes(args, scratch, kill_after: int = 0) -> list[tuple[int, str, float]]:
-    """Both processes to their end: [(return code, output, seconds after the first ended)]."""
+def two_processes(args, scratch, kill_after: int = 0, killed: int = 1) -> list[tuple[int, str, float]]:
+    """Both processes to their end (process `killed` killing itself after step `kill_after`):
+    [(return code, output, seconds after the first ended)]."""
     port = free_port()
-    procs = [start(args, i, port, scratch, kill_after if i == 1 else 0) for i in range(2)]
+    procs = [start(args, i, port, scratch, kill_after if i == killed else 0) for i in range(2)]
     ended, out = {}, {}
     deadline = time.time() + 600
     while len(ended) < 2 and time.time() < deadline:

@@ -59,6 +59,7 @@ def train(
             f"Run in {run.source} is already complete ({runfolder.read_metrics(run.source).get('epochs_completed')} "
             "epochs); nothing to do."
         )
+        distribute.done(strat)
         return runfolder.read_metrics(run.source)
     try:
         with strat.scope(), distribute.multi_worker_fit(strat):
@@ -117,7 +118,14 @@ def _fit(
         distribute.synchronize_batch_norm(model)
     plan = phases(config, data.steps_per_epoch)
     position, phase = loop.restore(model, config, plan, data.steps_per_epoch, run, log)
-    feed = inputs.feed(config, data, extra_augment_layers, distributed, distribute.shard(run.strategy))
+    feed = inputs.feed(
+        config,
+        data,
+        extra_augment_layers,
+        distributed,
+        distribute.shard(run.strategy),
+        run.strategy.num_replicas_in_sync,
+    )
     loop.warn_if_batches_change(position, feed, log)
     recorder = _recorder(run, position, data, feed, model, precision)
     log(

@@ -144,12 +144,13 @@ def feed(
     extra_augment_layers: Sequence[Callable],
     distributed: bool,
     shard: tuple[int, int] | None = None,
+    replicas: int = 1,
 ) -> Feed:
     """The run's batches: tf.data where TensorFlow is installed, `pydata` PyDatasets of
     in-memory arrays where it is not, `pydata.DeviceTrainBatches` on the device; with
     `shard` (process index, count) of a JAX cluster, this process's share of every batch."""
     if shard:
-        return _sharded_feed(config, data, shard)
+        return _sharded_feed(config, data, shard, replicas)
     on_device = _on_device(config, data, extra_augment_layers, distributed)
     splits, image_size, batch = data.splits, data.image_size, config.train.batch_size
     if isinstance(splits.test, pydata.Arrays):
@@ -170,22 +171,23 @@ def feed(
     return Feed(eval_batches, _TfDataBatches(config, data, extra_augment_layers), False, "tf.data")
 
 
-def _sharded_feed(config: RunConfig, data: Data, shard: tuple[int, int]) -> Feed:
+def _sharded_feed(config: RunConfig, data: Data, shard: tuple[int, int], replicas: int) -> Feed:
     """Batches for one process of a JAX cluster: its share of each global batch, drawn as one
     process would draw the whole (`pydata.TrainBatches`); the whole test set for process 0's
-    final evaluation, and its share of it for the validation during training."""
-    splits, processes = data.splits, shard[1]
+    final evaluation, and its share of it for the validation during training (every batch,
+    the last too, split over all `replicas`: every device of every process)."""
+    splits = data.splits
     if splits.image_size != data.image_size:
         raise DistributeError(
             "--strategy multi-process feeds arrays in memory at their own size: resize the images beforehand "
             "instead of data.image_size."
         )
     test = splits.test if isinstance(splits.test, pydata.Arrays) else data_lib.to_arrays(splits.test, splits.num_test)
-    if config.train.validate_every and splits.num_test % processes:
+    if config.train.validate_every and splits.num_test % replicas:
         raise DistributeError(
-            f"The {splits.num_test} test images do not split evenly over {processes} processes for the validation "
+            f"The {splits.num_test} test images do not split evenly over the {replicas} devices for the validation "
             f"during training: set train.validate_every=0 (process 0 still scores the whole test set at the end), "
-            f"or data.max_eval_samples to a multiple of {processes}."
+            f"or data.max_eval_samples to a multiple of {replicas}."
         )
     batch, classes = config.train.batch_size, splits.num_classes
     return Feed(
