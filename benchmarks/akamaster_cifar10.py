@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,14 +27,6 @@ import ledger  # benchmarks/ledger.py: this run's record
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def evaluate(model_path: Path, data_dir: str) -> dict:
@@ -95,7 +86,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     report = {"what": "akamaster/pytorch_resnet_cifar10's files, loaded by keras_resnet and evaluated on the "
                       "CIFAR-10 test split (TFDS cifar10, 10,000 images)",
-              "date": datetime.date.today().isoformat(), "commit": commit.strip(), "cpu": cpu_model(),
+              "date": datetime.date.today().isoformat(), "commit": commit.strip(), "cpu": ledger.cpu_model(),
               "command": " ".join(sys.argv), "rows": rows, "exports": exports}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     ledger.record("akamaster_cifar10", report["what"], figures={"exports": exports}, rows=rows)

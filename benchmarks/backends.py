@@ -13,7 +13,6 @@ one's best and median images/s over its rounds, and ratios to TensorFlow's auto 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,14 +37,6 @@ depth, batch, steps, precision, jit = json.loads(sys.argv[1])
 print(json.dumps(benchmarking.benchmark(depth, batch_size=batch, steps=steps, warmup=5, rounds=3,
                                         precision=precision, jit_compile=jit)))
 """
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def run(name: str, depth: int, batch: int, steps: int) -> dict:
@@ -96,7 +87,7 @@ def main():
     for row in summary.values():
         if reference and "best_images_per_sec" in row:
             row["best_vs_tensorflow_auto"] = round(row["best_images_per_sec"] / reference, 3)
-    out = {"date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": {"cpu": ledger.cpu_model(), "cores": os.cpu_count()},
            "depth": args.depth, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
            "summary": summary, "runs": runs}
     print("| contender | precision | XLA / compile | best img/s | median img/s | best vs TF auto |")

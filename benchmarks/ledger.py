@@ -83,13 +83,20 @@ def git_state(cwd: Path = ROOT) -> dict:
     return {"commit": commit, "tree_clean": git("status", "--porcelain", "--untracked-files=no") == ""}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what `platform` says."""
+    try:
+        model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        model = None
+    return model[1].strip() if model else platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """CPU model, cores, memory and GPUs (from nvidia-smi, where there is one)."""
-    cpu, memory = platform.processor() or platform.machine(), UNKNOWN
+    cpu, memory = cpu_model(), UNKNOWN
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        model, flags = re.search(r"^model name\s*:\s*(.+)$", text, re.M), re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        cpu = model[1].strip() if model else cpu
+        flags = re.search(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
         cpu += "".join(f", {f}" for f in ("avx512_bf16", "amx_bf16") if flags and f in flags[1].split())
     except OSError:
         pass

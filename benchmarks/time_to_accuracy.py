@@ -22,23 +22,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 import ledger  # benchmarks/ledger.py: this run's record
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(args) -> dict:
@@ -64,7 +53,7 @@ def run(args) -> dict:
         "top1": metrics["eval"]["accuracy"],
         "flip_tta_top1": metrics["eval"].get("flip_tta", {}).get("accuracy"),
         "data": metrics["data"], "precision": metrics["precision"],
-        "machine": f"{os.cpu_count()} CPU cores, {cpu_model()}",
+        "machine": f"{os.cpu_count()} CPU cores, {ledger.cpu_model()}",
     }
     with open(Path(args.output) / "results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -629,6 +629,7 @@ def _keras_resnet_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
 _OLD_BRANCH = re.compile(r"(res|bn)(\d)([a-z]|b\d+)_branch(1|2[abc])$")
 _OLD_TO_APPLICATIONS = {"1": "0", "2a": "1", "2b": "2", "2c": "3"}
 _OLD_STEM_TO_APPLICATIONS = {"conv1": "conv1_conv", "bn_conv1": "conv1_bn", "fc1000": "predictions"}
+KERAS_APPLICATIONS_STEM = {"conv1": "valid", "pool1": "valid"}  # conv1 and pool1 after explicit pads
 
 
 def is_old_api(model: keras.Model) -> bool:
@@ -653,7 +654,7 @@ def _old_api_plan(model: keras.Model, checkpoint: Checkpoint) -> Plan:
             f"{path!r} holds keras.applications ResNet v2 weights; the old keras-resnet API builds v1 "
             "networks: build it with keras_resnet.build(depth, variant='v2', weights=path)."
         )
-    expected = checkpoint.stem if checkpoint.layout == "keras_resnet" else {"conv1": "valid", "pool1": "valid"}
+    expected = checkpoint.stem if checkpoint.layout == "keras_resnet" else KERAS_APPLICATIONS_STEM
     stem = old_api_stem(model)
     if stem != expected:
         raise ValueError(

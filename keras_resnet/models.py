@@ -24,7 +24,6 @@ from keras_resnet.layers import BatchNormalization, register
 
 # The old package's stem: conv1 after an explicit 3-pixel pad, pool1 padding "same".
 OLD_STEM = {"conv1": "valid", "pool1": "same"}
-KERAS_APPLICATIONS_STEM = {"conv1": "valid", "pool1": "valid"}
 OLD_BN_EPSILON = 1e-5
 # ResNet-101/152/200 numbered their blocks after the first (res4b1, res4b2, ...), as Caffe did.
 NUMERICAL_DEEP = [False, True, True, False]
@@ -86,7 +85,7 @@ def ResNet(
         stem = checkpoint.stem
         numerical_names = [f"res{stage + 2}b1_branch2a" in checkpoint.layer_names for stage in range(len(blocks))]
     elif checkpoint is not None and checkpoint.layout == "keras_applications":
-        stem = KERAS_APPLICATIONS_STEM
+        stem = converters.KERAS_APPLICATIONS_STEM
     elif checkpoint is not None and checkpoint.layout == "native":
         stem, bn_epsilon = _recorded(checkpoint.path, stem, bn_epsilon)
     if numerical_names is None:  # the old package's default: "res3b1", ...; its ResNet50 passed all False
@@ -127,17 +126,16 @@ class _Graph:
         self.freeze_bn, self.epsilon = freeze_bn, epsilon
         self.axis = -1 if keras.config.image_data_format() == "channels_last" else 1
 
-    def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str, bn: str):
-        x = keras.layers.Conv2D(filters, kernel, stride, use_bias=False, kernel_initializer="he_normal", name=name)(x)
+    def conv_bn(self, x, filters: int, kernel: int, stride: int, name: str, bn: str, padding: str = "valid"):
+        x = keras.layers.Conv2D(
+            filters, kernel, stride, padding=padding, use_bias=False, kernel_initializer="he_normal", name=name
+        )(x)
         return BatchNormalization(freeze=self.freeze_bn, axis=self.axis, epsilon=self.epsilon, name=bn)(x)
 
     def stem(self, x, stem: dict[str, str]):
         if stem["conv1"] == "valid":
             x = keras.layers.ZeroPadding2D(3, name="padding_conv1")(x)
-        x = keras.layers.Conv2D(
-            64, 7, 2, padding=stem["conv1"], use_bias=False, kernel_initializer="he_normal", name="conv1"
-        )(x)
-        x = BatchNormalization(freeze=self.freeze_bn, axis=self.axis, epsilon=self.epsilon, name="bn_conv1")(x)
+        x = self.conv_bn(x, 64, 7, 2, "conv1", "bn_conv1", padding=stem["conv1"])
         x = keras.layers.Activation("relu", name="conv1_relu")(x)
         if stem["pool1"] == "valid":
             x = keras.layers.ZeroPadding2D(1, name="padding_pool1")(x)
